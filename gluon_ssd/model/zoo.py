@@ -1,0 +1,106 @@
+"""Named SSD configurations (presets as plain data) and ``get_model``.
+
+A preset is a dict:
+
+* ``base``: backbone name (a key of ``backbones.BACKBONES``);
+* ``data_size``: square input size in pixels the anchors are laid out for;
+* anchor sizes, either ``min_max_sizes`` (the SSD paper's L+1 scales in pixels, as GluonCV's
+  presets; layer k uses ``(s_k, sqrt(s_k * s_{k+1}))``) or ``rel_sizes`` (per layer, the ratio-1
+  sizes as fractions of ``data_size``, as d2l's TinySSD);
+* ``ratios``: per layer aspect ratios; ``steps``: per layer anchor spacing in pixels;
+* ``classes``: key of ``classes.CLASS_SETS`` (the default class names).
+
+The GluonCV presets copy the numbers of GluonCV 0.10.5 so that the anchors are identical.
+"""
+import copy
+
+from gluon_ssd.anchors import ssd_sizes
+from gluon_ssd.model.backbones import get_backbone
+from gluon_ssd.model.classes import CLASS_SETS
+from gluon_ssd.model.ssd import SSD
+
+__all__ = ['PRESETS', 'list_models', 'get_preset', 'anchor_sizes', 'get_model']
+
+_R3 = [1, 2, 0.5]
+_R5 = [1, 2, 0.5, 3, 1.0 / 3]
+
+_VGG300 = {'base': 'vgg16_atrous_300', 'data_size': 300,
+           'ratios': [_R3] + [_R5] * 3 + [_R3] * 2,
+           'steps': [8, 16, 32, 64, 100, 300]}
+_VGG512 = {'base': 'vgg16_atrous_512', 'data_size': 512,
+           'min_max_sizes': [51.2, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6],
+           'ratios': [_R3] + [_R5] * 4 + [_R3] * 2,
+           'steps': [8, 16, 32, 64, 128, 256, 512]}
+_EXPANDED512 = {'data_size': 512,
+                'min_max_sizes': [51.2, 102.4, 189.4, 276.4, 363.52, 450.6, 492],
+                'ratios': [_R3] + [_R5] * 3 + [_R3] * 2,
+                'steps': [16, 32, 64, 128, 256, 512]}
+
+#: Model name -> preset (see the module docstring for the keys).
+PRESETS = {
+    'ssd_300_vgg16_atrous_voc': dict(_VGG300, classes='voc',
+                                     min_max_sizes=[30, 60, 111, 162, 213, 264, 315]),
+    'ssd_300_vgg16_atrous_coco': dict(_VGG300, classes='coco',
+                                      min_max_sizes=[21, 45, 99, 153, 207, 261, 315]),
+    'ssd_512_vgg16_atrous_voc': dict(_VGG512, classes='voc'),
+    'ssd_512_vgg16_atrous_coco': dict(_VGG512, classes='coco'),
+    'ssd_512_resnet50_v1_voc': dict(_EXPANDED512, base='resnet50_v1_512', classes='voc'),
+    'ssd_512_resnet50_v1_coco': dict(
+        _EXPANDED512, base='resnet50_v1_512', classes='coco',
+        min_max_sizes=[51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72]),
+    'ssd_512_mobilenet1.0_voc': dict(_EXPANDED512, base='mobilenet1.0_512', classes='voc'),
+    'ssd_512_mobilenet1.0_coco': dict(_EXPANDED512, base='mobilenet1.0_512', classes='coco'),
+    'tiny_ssd': {'base': 'tiny_ssd_base', 'data_size': 256,
+                 'rel_sizes': [[0.2, 0.272], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79],
+                               [0.88, 0.961]],
+                 'ratios': [_R3] * 5,
+                 'steps': [8, 16, 32, 64, 256],
+                 'classes': 'object'},
+}
+
+
+def list_models():
+    """Names accepted by :func:`get_model` (sorted list of str)."""
+    return sorted(PRESETS)
+
+
+def get_preset(name):
+    """A deep copy of the preset dict of model ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model name {name!r}; available: {', '.join(list_models())}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def anchor_sizes(preset):
+    """Per-layer ratio-1 anchor sizes in pixels of a preset (list of L tuples)."""
+    if 'min_max_sizes' in preset:
+        return ssd_sizes(preset['min_max_sizes'])
+    return [tuple(s * preset['data_size'] for s in layer) for layer in preset['rel_sizes']]
+
+
+def get_model(name, classes=None, pretrained_base=False, **kwargs):
+    """Build the SSD called ``name`` (see :func:`list_models`).
+
+    Parameters
+    ----------
+    name : str
+        Model name, e.g. ``'ssd_300_vgg16_atrous_voc'`` or ``'tiny_ssd'``.
+    classes : sequence of str or None
+        Foreground class names; default: the preset's dataset classes.
+    pretrained_base : bool or str
+        ``False``, a local ``.params`` file of the base network, or ``True`` for GluonCV's cached
+        file (never downloaded; see ``backbones.resolve_pretrained``).
+    **kwargs
+        Passed to :class:`~gluon_ssd.model.ssd.SSD` (``nms_thresh``, ``nms_topk``, ``post_nms``,
+        ``decoder``, ``init``, ``stds``).
+
+    Returns an uninitialised :class:`SSD` (call ``initialize()``; a pretrained base is already
+    loaded). Inputs are ``(B, 3, S, S)`` with ``S = preset['data_size']``; anchors are center
+    format in pixels of that size.
+    """
+    preset = get_preset(name)
+    if classes is None:
+        classes = CLASS_SETS[preset['classes']]
+    features = get_backbone(preset['base'], pretrained_base=pretrained_base)
+    return SSD(features, getattr(features, 'channels', None), anchor_sizes(preset),
+               preset['ratios'], preset['steps'], classes, preset['data_size'], **kwargs)
