@@ -1,2 +1,30 @@
-"""gluon-ssd: the SSD detector as MXNet Gluon HybridBlocks."""
+"""gluon-ssd: the SSD (Single Shot MultiBox Detector) as MXNet Gluon HybridBlocks.
+
+The public API, with GluonCV's calling conventions wherever GluonCV has the same class::
+
+    from gluon_ssd import get_model, SSDTargetGenerator, SSDMultiBoxLoss
+    net = get_model('ssd_300_vgg16_atrous_voc')           # or 'tiny_ssd', see list_models()
+
+Conventions (see docs/DESIGN.md): boxes are corner format ``(xmin, ymin, xmax, ymax)`` in pixels
+of the network input, anchors are center format ``(cx, cy, w, h)`` in pixels, shape (1, N, 4);
+class logits are (B, N, C+1) with background at index 0; label padding is -1.
+Datasets, transforms, metrics and drawing live in ``gluon_ssd.data``, ``gluon_ssd.metrics`` and
+``gluon_ssd.viz``; training in ``gluon_ssd.engine`` and ``train_ssd.py``.
+"""
 __version__ = "0.1.0"
+
+from gluon_ssd.anchors import AnchorGenerator, ssd_sizes
+from gluon_ssd.coder import (BoxDecoder, BoxEncoder, DetectionHead, MultiClassDecoder,
+                             MultiPerClassDecoder, center_to_corner, corner_to_center)
+from gluon_ssd.loss import MultiBoxLossTerms, SSDMultiBoxLoss
+from gluon_ssd.model import (COCO_CLASSES, SSD, VOC_CLASSES, ConvPredictor, DownSampleBlock,
+                             L2Normalization, concat_preds, flatten_pred, get_model, list_models)
+from gluon_ssd.target import SSDTargetGenerator
+
+__all__ = [
+    'get_model', 'list_models', 'SSD', 'SSDTargetGenerator', 'SSDMultiBoxLoss',
+    'MultiBoxLossTerms', 'MultiClassDecoder', 'MultiPerClassDecoder', 'DetectionHead',
+    'AnchorGenerator', 'ssd_sizes', 'BoxEncoder', 'BoxDecoder', 'corner_to_center',
+    'center_to_corner', 'ConvPredictor', 'DownSampleBlock', 'L2Normalization', 'flatten_pred',
+    'concat_preds', 'VOC_CLASSES', 'COCO_CLASSES',
+]
