@@ -1,0 +1,295 @@
+"""Helpers for multi-process training on MXNet's parameter server (``--kvstore dist_*``).
+
+The engine uses these four pieces; the processes themselves are started by
+:mod:`gluon_ssd.launch` (or by hand across hosts, see its docstring).
+
+``create_kvstore(name)``
+    ``None``/``''`` -> ``None``; ``'local'``/``'device'``/``'nccl'`` -> the string itself (the
+    ``gluon.Trainer`` creates them lazily and skips them for a single device); ``'dist_*'`` ->
+    installs :func:`install_crash_guard` and returns ``mx.kv.create(name)``; ``'horovod'`` ->
+    ``mx.kv.create('horovod')`` (optional, needs Horovod built with MXNet support).
+
+``worker_info(kv) -> (rank, num_workers)``
+    ``(0, 1)`` for anything that is not a distributed ``KVStore``. Ranks are assigned by the
+    ps-lite scheduler in connection order, so use this (not the launcher's process index) to pick
+    the data shard and to decide who writes checkpoints/logs (rank 0).
+
+``shard_indices(n, rank, num_workers, seed=0, epoch=0, remainder='pad')`` and ``ShardSampler``
+    One shuffled permutation per epoch, the same on every worker (seeded with ``seed`` and
+    ``epoch``), split into ``num_workers`` contiguous shards of identical length, so all workers
+    run the same number of steps (a worker with one step more would block ``dist_sync`` forever).
+    ``remainder='pad'`` (default) repeats the first ``(-n) % num_workers`` indices of the
+    permutation, so every sample is seen each epoch and at most ``num_workers - 1`` are seen twice;
+    ``remainder='drop'`` drops the last ``n % num_workers`` of the permutation (shards are then
+    disjoint). ``ShardSampler(n, rank, num_workers, seed)`` is the same as a
+    ``gluon.data.Sampler`` for ``DataLoader(dataset, batch_size=local_bs, sampler=...,
+    last_batch='discard')``; it moves to the next epoch's permutation at every ``iter()``
+    (or ``set_epoch(e)``).
+
+Gradient averaging (what MXNet 1.9.1 does, worked out from ``gluon/trainer.py``):
+``Trainer.step(s)`` sets ``optimizer.rescale_grad = 1 / s``. With a
+``dist_sync``/``dist_device_sync`` kvstore the Trainer defaults to ``update_on_kvstore=True``: that
+optimizer (with its ``rescale_grad``) is pickled to the servers at the first ``step``; every worker
+pushes its *summed* local gradient and the server adds the pushes of **all** workers before
+applying one update. With ``update_on_kvstore=False`` the workers pull the same cross-worker sum
+and update locally. Either way the gradient that reaches the optimizer is the sum over the *global*
+batch, so to average it each worker must call ``trainer.step(global_batch_size(local_scale, kv))``
+= ``local_scale * num_workers``, where ``local_scale`` is what a single process would pass (its
+local batch size for a loss summed over samples, or ``1`` for a loss that is already normalised,
+e.g. SSD's loss divided by the number of positives, which then becomes the mean of the per-worker
+normalised losses). ``dist_async`` applies each push separately, so there the scale stays local.
+Because the optimizer is sent once, the scale must not change between steps (MXNet raises
+``UserWarning`` otherwise): use a constant batch size (``last_batch='discard'`` or ``'rollover'``)
+in distributed runs. Horovod's ``DistributedTrainer`` already divides by the number of workers, so
+with ``'horovod'`` pass the local scale.
+
+Crash safety: ps-lite keeps a process alive after an uncaught exception (the kvstore's destructor
+waits in a barrier for the other workers, which wait for this one). :func:`install_crash_guard`
+makes uncaught exceptions and SIGTERM/SIGINT/SIGHUP end the process at once with ``os._exit``;
+wrap the training ``main`` in :func:`exit_guard` so that ``sys.exit(nonzero)`` does the same.
+"""
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+
+import numpy as np
+
+__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'worker_info', 'is_distributed',
+           'shard_indices', 'ShardSampler', 'global_batch_size']
+
+_LOCAL_KVSTORES = ('local', 'device', 'nccl')
+_GUARD = {'installed': False}
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
+def _hard_exit(code):
+    _flush()
+    os._exit(code)  # pylint: disable=protected-access
+
+
+def _excepthook(exc_type, exc, tb):
+    code = 130 if exc_type is KeyboardInterrupt else 1
+    try:
+        sys.stderr.write('[gluon_ssd.distributed] uncaught %s, exiting at once (os._exit) so that '
+                         'ps-lite cannot keep this process alive:\n' % exc_type.__name__)
+        traceback.print_exception(exc_type, exc, tb)
+    finally:
+        _hard_exit(code)
+
+
+def _signal_handler(signum, _frame):
+    _hard_exit(128 + signum)
+
+
+def _wakeup_reader(fd):
+    """Exit on a signal even while the main thread is blocked in C++ (e.g. a kvstore wait).
+
+    Python runs signal handlers only in the main thread between bytecodes; ``signal.set_wakeup_fd``
+    makes the C-level handler write the signal number to ``fd`` right away, and this thread (which
+    can run because ctypes releases the GIL during MXNet calls) ends the process.
+    """
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        _hard_exit(128 + data[0])
+
+
+def install_crash_guard(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
+    """Make this process exit at once (``os._exit``) on an uncaught exception or on ``signals``.
+
+    Installs ``sys.excepthook`` (prints the traceback, flushes stdout/stderr, ``os._exit(1)``;
+    ``KeyboardInterrupt`` -> 130) and, when called from the main thread, handlers for ``signals``
+    that exit with ``128 + signum`` even if the main thread is blocked inside MXNet. Idempotent.
+    Needed for ``dist_*`` kvstores: without it a crashed worker stays alive in ps-lite's barrier
+    and every other process waits forever. Returns ``True`` if signal handlers were installed.
+    """
+    sys.excepthook = _excepthook
+    if _GUARD['installed']:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in signals:
+        signal.signal(sig, _signal_handler)
+    try:
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        old = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        if old != -1:  # somebody else (e.g. asyncio) owns it: give it back, keep Python handlers
+            signal.set_wakeup_fd(old)
+            os.close(rfd)
+            os.close(wfd)
+        else:
+            threading.Thread(target=_wakeup_reader, args=(rfd,), daemon=True,
+                             name='gluon_ssd-crash-guard').start()
+    except (ValueError, OSError):
+        pass
+    _GUARD['installed'] = True
+    return True
+
+
+@contextlib.contextmanager
+def exit_guard():
+    """Context manager for a distributed ``main``: any exception, and ``sys.exit`` with a non-zero
+    code, print/flush and ``os._exit`` instead of unwinding into ps-lite's exit barrier.
+    A normal exit (or ``sys.exit(0)``) leaves the block normally so the kvstore shuts down cleanly.
+    """
+    try:
+        yield
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            raise
+        if not isinstance(code, int):
+            sys.stderr.write('%s\n' % (code,))
+            code = 1
+        _hard_exit(code)
+    except BaseException:  # pylint: disable=broad-except
+        _excepthook(*sys.exc_info())
+
+
+def is_distributed(kv):
+    """``True`` if ``kv`` is a KVStore object (or name) of a multi-process kind (``dist_*``,
+    ``horovod``, ``byteps``)."""
+    kind = kv if isinstance(kv, str) else getattr(kv, 'type', None)
+    if not kind:
+        return False
+    kind = kind.lower()
+    return kind.startswith('dist') or kind in ('horovod', 'byteps')
+
+
+def create_kvstore(name):
+    """Create the kvstore for ``--kvstore name``.
+
+    Returns ``None`` for ``None``/``''``/``'none'``, the name itself for single-machine kinds
+    (``'local'``, ``'device'``, ``'nccl'``: let ``gluon.Trainer`` create them), otherwise a
+    ``mx.kv.KVStore`` (``'dist_sync'``, ``'dist_device_sync'``, ``'dist_async'``, ``'horovod'``...).
+    For ``dist_*`` it first checks that the ps-lite environment is present (raises
+    ``RuntimeError`` pointing to :mod:`gluon_ssd.launch` instead of hanging) and installs
+    :func:`install_crash_guard`. Blocks until all workers and servers have connected.
+    """
+    if name is None or name == '' or str(name).lower() == 'none':
+        return None
+    if not isinstance(name, str):
+        return name  # already a KVStore
+    lname = name.lower()
+    if lname in _LOCAL_KVSTORES:
+        return lname
+    if lname.startswith('dist'):
+        missing = [k for k in ('DMLC_ROLE', 'DMLC_PS_ROOT_URI', 'DMLC_PS_ROOT_PORT',
+                               'DMLC_NUM_SERVER', 'DMLC_NUM_WORKER') if not os.environ.get(k)]
+        if missing:
+            raise RuntimeError(
+                'kvstore %r needs the ps-lite environment (%s not set): start the job with '
+                '`python -m gluon_ssd.launch -n WORKERS -s SERVERS -- python train_ssd.py ...` '
+                '(see gluon_ssd/launch.py for runs across hosts)' % (name, ', '.join(missing)))
+        install_crash_guard()
+    import mxnet as mx
+    if lname == 'horovod':
+        try:
+            # pylint: disable=unused-import,import-outside-toplevel
+            import horovod.mxnet  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("kvstore 'horovod' needs Horovod built with MXNet support "
+                              "(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 pip install horovod); "
+                              "use --kvstore dist_sync otherwise") from exc
+        install_crash_guard()
+    return mx.kv.create(lname)
+
+
+def worker_info(kv):
+    """``(rank, num_workers)`` of this process from a distributed KVStore, else ``(0, 1)``."""
+    if kv is None or isinstance(kv, str) or not is_distributed(kv):
+        return 0, 1
+    return int(kv.rank), int(kv.num_workers)
+
+
+def global_batch_size(local_scale, kv):
+    """The value to pass to ``trainer.step`` so gradients are averaged over the global batch.
+
+    ``local_scale``: what a single process would pass (local batch size, or 1 for an already
+    normalised loss). Returns ``local_scale * num_workers`` for synchronous multi-worker
+    parameter-server kvstores (``dist_sync``, ``dist_device_sync``: the server sums the workers'
+    gradients), else ``local_scale`` (single process, ``dist_async``, and ``horovod`` whose
+    ``DistributedTrainer`` already averages).
+    """
+    rank, num_workers = worker_info(kv)
+    del rank
+    kind = kv if isinstance(kv, str) else getattr(kv, 'type', '') or ''
+    if kind.startswith('dist') and 'async' not in kind:
+        return local_scale * num_workers
+    return local_scale
+
+
+def shard_indices(n, rank, num_workers, seed=0, epoch=0, remainder='pad', shuffle=True):
+    """This worker's sample indices for one epoch.
+
+    Parameters: ``n`` dataset length; ``rank`` in ``[0, num_workers)``; ``seed``/``epoch`` select
+    the permutation (identical on all workers, different each epoch); ``remainder`` ``'pad'``
+    (repeat the first ``(-n) % num_workers`` permuted indices, so the union covers all ``n``) or
+    ``'drop'`` (drop the last ``n % num_workers``, shards disjoint); ``shuffle=False`` keeps
+    ``arange(n)``. Returns an int64 ``np.ndarray`` of length ``ceil(n / W)`` (pad) or ``n // W``
+    (drop), the same on every worker. Shards are contiguous slices of the permutation.
+    """
+    n, rank, num_workers = int(n), int(rank), int(num_workers)
+    if num_workers < 1:
+        raise ValueError('num_workers must be >= 1, got %d' % num_workers)
+    if not 0 <= rank < num_workers:
+        raise ValueError('rank must be in [0, %d), got %d' % (num_workers, rank))
+    if n < 0:
+        raise ValueError('n must be >= 0, got %d' % n)
+    if remainder not in ('pad', 'drop'):
+        raise ValueError("remainder must be 'pad' or 'drop', got %r" % (remainder,))
+    if shuffle:
+        rng = np.random.RandomState((int(seed) * 1000003 + int(epoch)) % (2 ** 32))
+        perm = rng.permutation(n).astype(np.int64)
+    else:
+        perm = np.arange(n, dtype=np.int64)
+    if remainder == 'pad':
+        extra = (-n) % num_workers
+        if extra and n:
+            perm = np.concatenate([perm, np.resize(perm, extra)])
+    per = len(perm) // num_workers if n else 0
+    return perm[rank * per:(rank + 1) * per].copy()
+
+
+class ShardSampler:
+    """``gluon.data.Sampler``-compatible sampler over this worker's shard (:func:`shard_indices`).
+
+    ``ShardSampler(n, rank, num_workers, seed=0, remainder='pad', shuffle=True)``. Every ``iter()``
+    yields the shard of the current epoch (python ints) and then advances the epoch, so a
+    ``DataLoader`` built once reshuffles each epoch; ``set_epoch(e)`` sets it explicitly (e.g. when
+    resuming). ``len()`` is the shard length, identical on every worker.
+    """
+
+    def __init__(self, n, rank, num_workers, seed=0, remainder='pad', shuffle=True):
+        self._args = dict(n=n, rank=rank, num_workers=num_workers, seed=seed, remainder=remainder,
+                          shuffle=shuffle)
+        self.epoch = 0
+        self._len = len(shard_indices(epoch=0, **self._args))
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        indices = shard_indices(epoch=self.epoch, **self._args)
+        self.epoch += 1
+        return iter(indices.tolist())
+
+    def __len__(self):
+        return self._len
