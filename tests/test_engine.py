@@ -1,0 +1,192 @@
+"""Unit tests of the training engine: fused graph, multi-device normalisation, data determinism,
+learning-rate schedule, checkpoints and configuration checks."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+from gluon_ssd import checkpoint as ckpt
+from gluon_ssd import engine
+from gluon_ssd.config import ConfigError, TrainConfig, fill_defaults, parse_config, validate
+from gluon_ssd.loss import SSDMultiBoxLoss
+from gluon_ssd.target import SSDTargetGenerator
+
+
+@pytest.fixture(scope='module')
+def tiny_setup(tmp_path_factory):
+    """A tiny_ssd, its fused graph and one 8-image batch of the synthetic data."""
+    root = tmp_path_factory.mktemp('synthetic')
+    cfg = parse_config(['--num-train', '16', '--num-val', '8', '-j', '0', '--batch-size', '8',
+                        '--dataset-root', str(root), '--out-dir', str(root / 'run')])
+    train_ds, val_ds, classes = engine.build_datasets(cfg)
+    mx.random.seed(0)
+    net = engine.build_net(cfg, classes, [mx.cpu(0), mx.cpu(1)])
+    normalizer = SSDMultiBoxLoss(normalization='batch')
+    graph = engine.TrainGraph(net, SSDTargetGenerator(), normalizer.terms)
+    graph.hybridize(static_alloc=True, static_shape=True)
+    loader, sampler, _ = engine.build_loaders(cfg, train_ds, val_ds)
+    sampler.set_epoch(0)
+    data, label = next(iter(loader))
+    return {'cfg': cfg, 'net': net, 'graph': graph, 'normalizer': normalizer, 'classes': classes,
+            'data': data.as_in_context(mx.cpu(0)), 'label': label.as_in_context(mx.cpu(0)),
+            'train_ds': train_ds}
+
+
+def _total(losses):
+    return sum(float(l.sum().asscalar()) for l in losses)
+
+
+def test_fused_step_equals_unfused(tiny_setup):
+    s = tiny_setup
+    with autograd.record():
+        fused, fused_cls, fused_box = engine.forward_losses(
+            s['graph'], s['normalizer'], [s['data']], [s['label']])
+    with autograd.record():
+        cls_preds, box_preds, anchors = s['net'](s['data'])
+        targets = SSDTargetGenerator()(anchors, cls_preds, s['label'][:, :, :4],
+                                       s['label'][:, :, 4:5])
+        ref, ref_cls, ref_box = SSDMultiBoxLoss()(cls_preds, box_preds, targets[0], targets[1])
+    np.testing.assert_allclose(fused[0].asnumpy(), ref[0].asnumpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused_cls[0].asnumpy(), ref_cls[0].asnumpy(), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(fused_box[0].asnumpy(), ref_box[0].asnumpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_two_contexts_normalise_over_all_positives(tiny_setup):
+    """'batch' mode on 2 devices = (sum of both halves' terms) / (positives of both halves).
+
+    BatchNorm uses per-device statistics, so the reference runs each half on one context."""
+    s = tiny_setup
+    data, label = s['data'], s['label']
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    halves = [mx.gluon.utils.split_and_load(a, ctxs) for a in (data, label)]
+    with autograd.record():
+        multi, _, _ = engine.forward_losses(s['graph'], s['normalizer'], *halves)
+        terms = [s['graph'](d.as_in_context(mx.cpu(0)), l.as_in_context(mx.cpu(0)))
+                 for d, l in zip(*halves)]
+    cls_sum = sum(float(t[0].sum().asscalar()) for t in terms)
+    box_sum = sum(float(t[1].sum().asscalar()) for t in terms)
+    npos = sum(float(t[2].sum().asscalar()) for t in terms)
+    assert npos > 0
+    assert _total(multi) == pytest.approx((cls_sum + box_sum) / npos, rel=1e-5)
+    # Every device divides by the same global count, so per-device totals add up exactly.
+    assert multi[0].context == mx.cpu(0) and multi[1].context == mx.cpu(1)
+
+
+def test_seeded_items_independent_of_order(tiny_setup):
+    s = tiny_setup
+    tf, _ = engine._transforms(256)
+    items = engine.SeededItems(s['train_ds'], tf, seed=7, max_objects=8)
+    n = len(items)
+    keys = [3, n + 3, 5, 2 * n + 1]
+    forward = [items[k] for k in keys]
+    backward = [items[k] for k in reversed(keys)][::-1]
+    for (a_img, a_lab), (b_img, b_lab) in zip(forward, backward):
+        np.testing.assert_array_equal(a_img.asnumpy(), b_img.asnumpy())
+        np.testing.assert_array_equal(a_lab, b_lab)
+    assert forward[0][1].shape == (8, 6)
+    assert not np.array_equal(forward[0][0].asnumpy(), forward[1][0].asnumpy())  # new epoch
+
+
+def test_epoch_batch_sampler():
+    sampler = engine.EpochBatchSampler(10, 4, seed=1)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 2 and all(len(b) == 4 for b in first)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert all(10 <= k < 20 for b in second for k in b)
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    shards = [engine.EpochBatchSampler(10, 2, seed=1, rank=r, num_workers=2) for r in (0, 1)]
+    for sh in shards:
+        sh.set_epoch(0)
+    keys = [k for sh in shards for b in sh for k in b]
+    assert len(set(keys)) == len(keys) == 8
+
+
+def test_pad_label():
+    out = engine.pad_label(np.ones((2, 6), np.float32), 4)
+    assert out.shape == (4, 6) and (out[2:] == -1).all() and (out[:2] == 1).all()
+    with pytest.raises(ValueError, match='--max-objects'):
+        engine.pad_label(np.ones((5, 6), np.float32), 4)
+
+
+def test_learning_rate_schedule():
+    cfg = fill_defaults(TrainConfig(lr=1.0, epochs=10, lr_decay_epoch='4,8', lr_decay=0.1,
+                                    lr_mode='step', warmup_epochs=2, out_dir='x'))
+    lr = lambda e: engine.learning_rate(cfg, e)  # noqa: E731
+    assert lr(0) == 0 and lr(1) == pytest.approx(0.5)
+    assert lr(2) == 1.0 and lr(3.9) == 1.0
+    assert lr(4) == pytest.approx(0.1) and lr(8.5) == pytest.approx(0.01)
+    cfg.lr_mode, cfg.warmup_epochs = 'cosine', 0
+    assert lr(0) == 1.0 and lr(5) == pytest.approx(0.5) and lr(10) == pytest.approx(0.0)
+
+
+class _FakeNet:
+    def __init__(self, value):
+        self.value = value
+
+    def save_parameters(self, path):
+        with open(path, 'wb') as f:
+            f.write(self.value)
+
+
+class _FailingNet:
+    def save_parameters(self, path):
+        with open(path, 'wb') as f:
+            f.write(b'partial')
+        raise OSError('disk full')
+
+
+def test_checkpoint_atomic_and_verified(tmp_path):
+    ckpt.save_checkpoint(str(tmp_path), _FakeNet(b'one'), None, {'epoch': 1})
+    state, paths = ckpt.load_checkpoint_state(str(tmp_path))
+    assert state['epoch'] == 1 and 'rng' in state
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(str(tmp_path), _FailingNet(), None, {'epoch': 2})
+    assert open(paths['params'], 'rb').read() == b'one'            # old checkpoint intact
+    assert sorted(os.listdir(tmp_path)) == ['last.json', 'last.params']  # no temp files left
+    with open(paths['params'], 'wb') as f:
+        f.write(b'two')                                           # params without its json
+    with pytest.raises(ckpt.CheckpointError, match='does not match'):
+        ckpt.load_checkpoint_state(str(tmp_path))
+
+
+def test_rng_state_roundtrip():
+    import random
+    state = ckpt.rng_state()
+    a = (random.random(), np.random.rand())
+    ckpt.set_rng_state(json.loads(json.dumps(state)))
+    assert (random.random(), np.random.rand()) == a
+
+
+@pytest.mark.parametrize('argv, flag', [
+    (['--network', 'resnet9000'], '--network'),
+    (['--data-shape', '300'], '--data-shape'),
+    (['--dataset', 'voc'], '--dataset-root'),
+    (['--dataset', 'voc', '--dataset-root', '/nonexistent/dir'], '--dataset-root'),
+    (['--cpu-contexts', '4', '--batch-size', '2'], '--batch-size'),
+    (['--gpus', '0,1,2', '--batch-size', '2'], '--batch-size'),
+    (['--amp'], '--amp'),
+    (['--lr-decay-epoch', '1,x'], '--lr-decay-epoch'),
+    (['--resume', '/nonexistent/run'], '--resume'),
+])
+def test_bad_configuration_messages(argv, flag):
+    with pytest.raises(ConfigError) as err:
+        parse_config(argv + ['--out-dir', 'unused'])
+    message = str(err.value)
+    assert flag in message and '\n' not in message
+
+
+def test_defaults_come_from_network_preset():
+    cfg = parse_config(['--out-dir', 'x'])
+    assert (cfg.network, cfg.data_shape, cfg.dataset) == ('tiny_ssd', 256, 'synthetic')
+    vgg = parse_config(['--network', 'vgg16_atrous', '--out-dir', 'x'])
+    assert (vgg.data_shape, vgg.lr, vgg.lr_decay_epochs) == (300, 0.001, [160, 200])
+    assert parse_config(['--lr', '0.5', '--out-dir', 'x']).lr == 0.5
+    assert validate(cfg) is cfg

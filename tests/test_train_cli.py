@@ -1,0 +1,223 @@
+"""End-to-end tests of ``train_ssd.py`` and the engine: short real training runs (tiny_ssd, small
+synthetic data), run-directory contents, resume after a kill, multi-context, NaN handling and the
+command line's configuration errors."""
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from gluon_ssd import checkpoint as ckpt
+from gluon_ssd import engine
+from gluon_ssd.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / 'train_ssd.py')
+RUN_FILES = ('config.json', 'train.log', 'metrics.jsonl', 'best.params', 'last.params',
+             'last.states', 'last.json', 'curves.png', 'detections.png')
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return env
+
+
+def _small_args(data_root, out_dir, *extra):
+    """A ~15 s run: 16 synthetic images, batch 4, 6 epochs, validated on the same 16 images
+    (24 steps are too few to beat an untrained net's chance mAP on unseen images)."""
+    return ['--num-train', '16', '--num-val', '16', '--val-split', 'train', '--batch-size', '4',
+            '--epochs', '6', '-j', '0', '--seed', '3', '--no-progress', '--num-samples-viz', '2',
+            '--dataset-root', str(data_root), '--out-dir', str(out_dir), *extra]
+
+
+def _md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in Path(run_dir, 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp('synthetic_cache')
+
+
+@pytest.fixture(scope='module')
+def baseline(data_root, tmp_path_factory):
+    """One uninterrupted short run (shared by several tests)."""
+    out = tmp_path_factory.mktemp('runs') / 'baseline'
+    result = engine.train(parse_config(_small_args(data_root, out)))
+    return {'out': out, 'result': result}
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration errors: exit 2, one line, no traceback, before any heavy work
+# ----------------------------------------------------------------------------------------------
+def _load_script():
+    spec = importlib.util.spec_from_file_location('train_ssd_script', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['--network', 'resnet9000'], '--network'),
+    (['--data-shape', '512'], 'tiny_ssd supports 256'),
+    (['--dataset', 'voc', '--dataset-root', '/no/such/folder'], '--dataset-root'),
+    (['--cpu-contexts', '3', '--batch-size', '2'], 'smaller than the number of devices'),
+    (['--amp'], 'not supported on CPU'),
+])
+def test_configuration_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
+    code = _load_script().main(argv + ['--out-dir', str(tmp_path / 'r')])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith('train_ssd.py: error:')
+    assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.slow
+def test_cli_subprocess_configuration_error(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, '--network', 'resnet9000', '--out-dir',
+                           str(tmp_path / 'r')], capture_output=True, text=True, env=_env(),
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "train_ssd.py: error: --network: unknown network 'resnet9000'; choose one of "
+        "tiny_ssd, vgg16_atrous, resnet50_v1, mobilenet1.0"]
+
+
+def test_resume_with_different_classes_is_refused(data_root, tmp_path):
+    class _Net:
+        def save_parameters(self, path):
+            Path(path).write_bytes(b'x')
+    ckpt.save_checkpoint(str(tmp_path), _Net(), None,
+                         {'epoch': 1, 'classes': ['cat', 'dog'], 'network': 'tiny_ssd',
+                          'data_shape': 256})
+    cfg = parse_config(_small_args(data_root, tmp_path / 'new', '--resume', str(tmp_path)))
+    with pytest.raises(ConfigError, match='--resume: checkpoint classes'):
+        engine.train(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# real training runs
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_directory_and_metrics(baseline):
+    out = baseline['out']
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    records = _records(out)
+    assert [r['epoch'] for r in records] == list(range(6))
+    for r in records:
+        assert {'epoch', 'lr', 'loss', 'cls_loss', 'box_loss', 'img_per_s', 'map'} <= set(r)
+        assert np.isfinite(r['loss']) and r['img_per_s'] > 0
+    assert records[-1]['loss'] < records[0]['loss']
+    state = json.loads((out / 'last.json').read_text())
+    assert state['epoch'] == 6 and state['classes'] == baseline['result']['classes']
+    assert json.loads((out / 'config.json').read_text())['network'] == 'tiny_ssd'
+
+
+@pytest.mark.slow
+def test_training_improves_map_over_untrained(baseline, data_root):
+    cfg = parse_config(_small_args(data_root, baseline['out'] / 'unused'))
+    train_ds, val_ds, classes = engine.build_datasets(cfg)
+    _, _, val_loader = engine.build_loaders(cfg, train_ds, val_ds)
+    mx.random.seed(cfg.seed)
+    untrained = engine.build_net(cfg, classes, [mx.cpu()])
+    before = engine.evaluate(untrained, val_loader, [mx.cpu()], classes)['map'] or 0.0
+    after = baseline['result']['best_map']
+    assert after > before, (before, after)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(baseline, data_root, tmp_path):
+    out = tmp_path / 'killed'
+    proc = subprocess.Popen([sys.executable, SCRIPT, *_small_args(data_root, out)],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    record = out / 'last.json'
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if record.is_file() and json.loads(record.read_text() or '{}').get('epoch') == 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, 'the run ended before it could be killed: ' + \
+            proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)       # dies during epoch index 2 (the third)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(record.read_text())['epoch'] == 2
+    result = engine.train(parse_config(_small_args(data_root, out, '--resume', str(out))))
+    resumed = mx.nd.load(str(out / 'last.params'))
+    reference = mx.nd.load(str(baseline['out'] / 'last.params'))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key].asnumpy(), reference[key].asnumpy(), key)
+    assert [r['epoch'] for r in result['records']] == list(range(6))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_checkpoint(baseline, data_root, tmp_path):
+    run = tmp_path / 'nan'
+    shutil.copytree(baseline['out'], run)
+    before = {n: _md5(run / n) for n in ('last.params', 'last.states', 'last.json', 'best.params')}
+    cfg = parse_config(_small_args(data_root, run, '--resume', str(run), '--epochs', '8',
+                                   '--lr', '1e12', '--log-interval', '1'))
+    with pytest.raises(engine.TrainingDiverged, match='last good checkpoint'):
+        engine.train(cfg)
+    assert {n: _md5(run / n) for n in before} == before
+    assert 'loss is' in (run / 'train.log').read_text() or 'nan' in (run / 'train.log').read_text()
+
+
+@pytest.mark.slow
+def test_two_cpu_contexts_run(data_root, tmp_path):
+    cfg = parse_config(_small_args(data_root, tmp_path / 'two', '--cpu-contexts', '2',
+                                   '--epochs', '1'))
+    result = engine.train(cfg)
+    rec = result['records'][0]
+    assert np.isfinite(rec['loss']) and rec['map'] is not None
+    assert 'cpu(1)' in (tmp_path / 'two' / 'train.log').read_text()
+
+
+@pytest.mark.slow
+def test_voc_folder_raccoon(shared_data, tmp_path):
+    root = shared_data / 'raccoon'
+    argv = ['--dataset', 'voc', '--dataset-root', str(root), '--train-split', 'train',
+            '--val-split', 'test', '--num-train', '32', '--num-val', '16', '--batch-size', '8',
+            '--epochs', '2', '-j', '0', '--no-progress', '--num-samples-viz', '2',
+            '--out-dir', str(tmp_path / 'raccoon')]
+    result = engine.train(parse_config(argv))
+    assert result['classes'] == ['raccoon']
+    records = _records(tmp_path / 'raccoon')
+    assert len(records) == 2 and all(np.isfinite(r['loss']) for r in records)
+    assert records[-1]['loss'] < records[0]['loss']
+    assert (tmp_path / 'raccoon' / 'detections.png').is_file()
+
+
+@pytest.mark.slow
+def test_dist_sync_two_workers_with_launcher(data_root, tmp_path):
+    out = tmp_path / 'dist'
+    cmd = [sys.executable, '-m', 'gluon_ssd.launch', '-n', '2', '-s', '1', '--timeout', '240',
+           '--', sys.executable, SCRIPT, '--kvstore', 'dist_sync', '--num-train', '16',
+           '--num-val', '8', '--batch-size', '4', '--epochs', '2', '-j', '0', '--no-progress',
+           '--num-samples-viz', '1', '--dataset-root', str(data_root), '--out-dir', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '[worker 1]' in proc.stdout + proc.stderr
+    records = _records(out)
+    assert [r['epoch'] for r in records] == [0, 1] and records[-1]['map'] is not None
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
