@@ -5,10 +5,9 @@ import json
 import os
 
 import numpy as np
-from mxnet import gluon
 
-from gluon_ssd.data._validate import (DatasetError, ImageDecodeError, SkipCounter, clean_boxes,
-                                      decode_image)
+from gluon_ssd.data._base import AnnotatedImages
+from gluon_ssd.data._validate import DatasetError, SkipCounter, clean_boxes
 
 __all__ = ["COCODetection", "load_coco_json"]
 
@@ -51,7 +50,7 @@ def load_coco_json(annotation_file):
     return coco
 
 
-class COCODetection(gluon.data.Dataset):
+class COCODetection(AnnotatedImages):
     """Detection dataset from a COCO instances JSON file and an image directory.
 
     Parameters
@@ -87,6 +86,8 @@ class COCODetection(gluon.data.Dataset):
     clipped and degenerate boxes; :class:`ImageDecodeError` from ``__getitem__`` for unreadable
     images or an image size differing from the JSON.
     """
+
+    _annotation_name = "the JSON"
 
     def __init__(self, annotation_file, image_dir, transform=None, skip_empty=True,
                  use_crowd=False, min_object_area=0):
@@ -149,37 +150,6 @@ class COCODetection(gluon.data.Dataset):
             rows.append([x, y, x + max(w - 1, 0), y + max(h - 1, 0), cid, 1 if crowd else 0])
         return clean_boxes(np.array(rows, dtype=np.float32).reshape(-1, 6),
                            int(entry["width"]), int(entry["height"]), counter, path)
-
-    @property
-    def classes(self):
-        """Class names, tuple of str, in ascending COCO category id order."""
-        return self._classes
-
-    def __len__(self):
-        return len(self._items)
-
-    def image_path(self, idx):
-        """Path of image ``idx`` (str)."""
-        return self._items[idx][0]
-
-    def image_size(self, idx):
-        """``(width, height)`` of image ``idx`` in pixels, from the JSON."""
-        return self._items[idx][1:]
-
-    def label(self, idx):
-        """Label of image ``idx`` without decoding: float32 ``(M, 6)`` pixels (a copy)."""
-        return self._labels[idx].copy()
-
-    def __getitem__(self, idx):
-        path, width, height = self._items[idx]
-        img = decode_image(path)
-        if img.shape[0] != height or img.shape[1] != width:
-            raise ImageDecodeError("%s: image is %dx%d but the JSON says %dx%d"
-                                   % (path, img.shape[1], img.shape[0], width, height))
-        label = self._labels[idx].copy()
-        if self._transform is not None:
-            return self._transform(img, label)
-        return img, label
 
     def __repr__(self):
         return "COCODetection(%r, %d images, %d classes)" % (self._ann_file, len(self),

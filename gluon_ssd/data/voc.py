@@ -3,10 +3,9 @@ import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
-from mxnet import gluon
 
-from gluon_ssd.data._validate import (DatasetError, ImageDecodeError, SkipCounter, clean_boxes,
-                                      decode_image, image_size)
+from gluon_ssd.data._base import AnnotatedImages
+from gluon_ssd.data._validate import DatasetError, SkipCounter, clean_boxes, image_size
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "parse_voc_xml"]
 
@@ -81,7 +80,7 @@ def parse_voc_xml(path):
             "objects": objects}
 
 
-class VOCDetection(gluon.data.Dataset):
+class VOCDetection(AnnotatedImages):
     """Detection dataset in Pascal VOC format.
 
     Parameters
@@ -239,38 +238,6 @@ class VOCDetection(gluon.data.Dataset):
             return
         self._items.append((img_path, width, height))
         self._labels.append(label)
-
-    # ----------------------------------------------------------------- public API
-    @property
-    def classes(self):
-        """Class names, tuple of str; index = class id."""
-        return self._classes
-
-    def __len__(self):
-        return len(self._items)
-
-    def image_path(self, idx):
-        """Path of image ``idx`` (str)."""
-        return self._items[idx][0]
-
-    def image_size(self, idx):
-        """``(width, height)`` of image ``idx`` in pixels, from the annotation."""
-        return self._items[idx][1:]
-
-    def label(self, idx):
-        """Label of image ``idx`` without decoding the image: float32 ``(M, 6)`` pixels (a copy)."""
-        return self._labels[idx].copy()
-
-    def __getitem__(self, idx):
-        path, width, height = self._items[idx]
-        img = decode_image(path)
-        if img.shape[0] != height or img.shape[1] != width:
-            raise ImageDecodeError("%s: image is %dx%d but its annotation says %dx%d"
-                                   % (path, img.shape[1], img.shape[0], width, height))
-        label = self._labels[idx].copy()
-        if self._transform is not None:
-            return self._transform(img, label)
-        return img, label
 
     def __repr__(self):
         return "VOCDetection(root=%r, splits=%r, %d images, %d classes)" % (
