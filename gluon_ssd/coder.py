@@ -297,19 +297,67 @@ class DetectionHead(gluon.HybridBlock):
             # (B, N, C) -> (B, C*N, 1), class-major like GluonCV, each with its anchor's box
             cls_ids = F.reshape(F.transpose(cls_ids, (0, 2, 1)), (0, -1, 1))
             scores = F.reshape(F.transpose(scores, (0, 2, 1)), (0, -1, 1))
-            bboxes = F.broadcast_axis(F.expand_dims(bboxes, axis=1), axis=1,
-                                      size=self._num_classes)
-            bboxes = F.reshape(bboxes, (0, -3, 4))
-        # rows: [id, score, xmin, ymin, xmax, ymax]
-        result = F.concat(cls_ids, scores, bboxes, dim=-1)
-        if 0 < self.nms_thresh < 1:
+        nms_on = 0 < self.nms_thresh < 1
+        fast = nms_on and 0 < self.post_nms <= self.nms_topk
+        if fast:
+            result = self._top_candidates(F, cls_ids, scores, bboxes)   # (B, nms_topk, 6)
+        else:
+            if self._decoder != 'argmax':
+                bboxes = F.broadcast_axis(F.expand_dims(bboxes, axis=1), axis=1,
+                                          size=self._num_classes)
+                bboxes = F.reshape(bboxes, (0, -3, 4))
+            # rows: [id, score, xmin, ymin, xmax, ymax]
+            result = F.concat(cls_ids, scores, bboxes, dim=-1)
+        if nms_on:
             result = F.contrib.box_nms(
                 result, overlap_thresh=self.nms_thresh, topk=self.nms_topk,
                 valid_thresh=self._score_thresh, id_index=0, score_index=1, coord_start=2,
                 force_suppress=False)
             if self.post_nms > 0:
                 result = F.slice(result, begin=(None, 0, None), end=(None, self.post_nms, None))
+                if fast:
+                    # as many rows as the full candidate list would give: min(post_nms, C*N)
+                    rows = F.slice(F.reshape(scores, (0, -1)), begin=(None, 0),
+                                   end=(None, self.post_nms))
+                    result = F.slice_like(result, F.expand_dims(rows, axis=-1), axes=(1,))
         ids = F.slice_axis(result, axis=-1, begin=0, end=1)
         scores = F.slice_axis(result, axis=-1, begin=1, end=2)
         bboxes = F.slice_axis(result, axis=-1, begin=2, end=6)
         return ids, scores, bboxes
+
+    def _top_candidates(self, F, cls_ids, scores, bboxes):
+        """The ``nms_topk`` candidates ``box_nms`` would keep, in its order, as (B, K, 6) rows.
+
+        ``box_nms`` sorts the candidates of each image by score, descending, ties by position
+        (a stable sort), and only looks at the first ``nms_topk``; sorting every one of the
+        ``C*N`` candidates dominates its cost. Here ``topk`` on a float64 key
+        ``score * (1 - position * 2**-50)`` (equal scores ordered by position; different float32
+        scores never swap) picks exactly those rows in exactly that order, so ``box_nms`` on them
+        gives the same detections. Rows are gathered, never materialised for all candidates.
+        """
+        k = self.nms_topk
+        ids = F.reshape(cls_ids, (0, -1))                               # (B, R)
+        scores = F.reshape(scores, (0, -1))                             # (B, R)
+        # k padding rows (score -1, id -1: invalid for box_nms) so that k <= R + k always
+        pad = F.broadcast_axis(F.ones_like(F.slice_axis(scores, axis=1, begin=0, end=1)) * -1,
+                               axis=1, size=k)
+        ids = F.concat(ids, pad, dim=1)
+        scores = F.concat(scores, pad, dim=1)
+        position = F.cast(F.contrib.arange_like(scores, axis=1), 'float64')
+        key = F.broadcast_mul(F.cast(scores, 'float64'),
+                              F.reshape(1 - position * 2.0 ** -50, (1, -1)))
+        chosen = F.topk(key, axis=1, k=k, ret_typ='indices', dtype='float64')  # (B, K)
+        batch = F.broadcast_like(F.reshape(F.contrib.arange_like(chosen, axis=0), (-1, 1)),
+                                 chosen)
+        where = F.stack(F.cast(batch, 'float32'), F.cast(chosen, 'float32'))
+        top_ids = F.gather_nd(ids, where)                              # (B, K)
+        top_scores = F.gather_nd(scores, where)                        # (B, K)
+        # anchor of a candidate: its position modulo N (class-major layout)
+        num_anchors = F.cast(F.slice_axis(F.shape_array(bboxes), axis=0, begin=1, end=2),
+                             'float64')                                # (1,)
+        anchor = F.broadcast_sub(chosen, F.broadcast_mul(
+            F.floor(F.broadcast_div(chosen, num_anchors)), num_anchors))
+        anchor = F.where(top_scores >= 0, F.cast(anchor, 'float32'), F.zeros_like(top_scores))
+        boxes = F.gather_nd(bboxes, F.stack(F.cast(batch, 'float32'), anchor))  # (B, K, 4)
+        return F.concat(F.expand_dims(top_ids, axis=-1), F.expand_dims(top_scores, axis=-1),
+                        boxes, dim=-1)

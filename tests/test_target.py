@@ -162,3 +162,33 @@ def test_hard_negative_mining_ratio_rejected():
         SSDTargetGenerator(negative_mining_ratio=3)
     with pytest.raises(ValueError, match='iou_thresh'):
         SSDTargetGenerator(iou_thresh=0)
+
+
+def test_single_box_single_image_equals_gluoncv(small_anchors):
+    """One image with one box: the smallest matching problem (one bipartite candidate)."""
+    gt_boxes = mx.nd.array([[[20, 30, 70, 90]]])
+    gt_ids = mx.nd.array([[[2]]])
+    ours, ref = run_both(small_anchors, gt_boxes, gt_ids)
+    assert_same(ours, ref)
+    assert ours[0].max() == 3
+
+
+def test_traced_with_max_objects_equals_direct_call(ssd300_anchors):
+    """Inside a bigger hybridized graph the block cannot see M; `max_objects` tells it."""
+    gt_boxes, gt_ids = tutorial_batch()
+    cls_preds = mx.nd.zeros((2, ssd300_anchors.shape[1], 21))
+
+    class Outer(mx.gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.target = SSDTargetGenerator(max_objects=gt_boxes.shape[1])
+
+        def hybrid_forward(self, F, anchors, cls_preds, gt_boxes, gt_ids):
+            return self.target(anchors, cls_preds, gt_boxes, gt_ids)
+
+    outer = Outer()
+    outer.hybridize(static_alloc=True, static_shape=True)
+    traced = outer(ssd300_anchors, cls_preds, gt_boxes, gt_ids)
+    direct = SSDTargetGenerator()(ssd300_anchors, cls_preds, gt_boxes, gt_ids)
+    for a, b in zip(traced, direct):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
