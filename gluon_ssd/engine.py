@@ -289,11 +289,17 @@ def _transforms(size, max_expand=4):
             SSDValTransform(size, size, mean=MEAN, std=STD))
 
 
+def label_rows(cfg, train_ds):
+    """Fixed label padding ``M`` of the training batches: ``--max-objects`` or the dataset's
+    most objects per image."""
+    return cfg.max_objects or max_objects_of(train_ds)
+
+
 def build_loaders(cfg, train_ds, val_ds, rank=0, num_workers=1):
     """``(train_loader, train_sampler, val_loader)`` for the configuration."""
     from gluon_ssd.data.transforms import detection_batchify
     train_tf, val_tf = _transforms(cfg.data_shape, cfg.max_expand)
-    max_objects = cfg.max_objects or max_objects_of(train_ds)
+    max_objects = label_rows(cfg, train_ds)
     items = SeededItems(train_ds, train_tf, cfg.seed, max_objects)
     sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, num_workers)
     if len(sampler) == 0:
@@ -553,7 +559,9 @@ class _Run:
         _seed_everything(cfg.seed)
         self.net = build_net(cfg, self.classes, self.ctx)
         self.normalizer = SSDMultiBoxLoss(normalization=cfg.loss_norm)
-        self.graph = TrainGraph(self.net, SSDTargetGenerator(), self.normalizer.terms)
+        # the label padding lets the target generator trace its fast bipartite step
+        target_generator = SSDTargetGenerator(max_objects=label_rows(cfg, self.train_ds))
+        self.graph = TrainGraph(self.net, target_generator, self.normalizer.terms)
         self.graph.hybridize(static_alloc=True, static_shape=True)
         self.train_loader, self.sampler, self.val_loader = build_loaders(
             cfg, self.train_ds, self.val_ds, self.rank, self.num_workers)

@@ -25,7 +25,9 @@ def tiny_setup(tmp_path_factory):
     mx.random.seed(0)
     net = engine.build_net(cfg, classes, [mx.cpu(0), mx.cpu(1)])
     normalizer = SSDMultiBoxLoss(normalization='batch')
-    graph = engine.TrainGraph(net, SSDTargetGenerator(), normalizer.terms)
+    # as the engine builds it: the label padding known, so the fast bipartite step is traced
+    target_generator = SSDTargetGenerator(max_objects=engine.label_rows(cfg, train_ds))
+    graph = engine.TrainGraph(net, target_generator, normalizer.terms)
     graph.hybridize(static_alloc=True, static_shape=True)
     loader, sampler, _ = engine.build_loaders(cfg, train_ds, val_ds)
     sampler.set_epoch(0)
