@@ -1,0 +1,121 @@
+"""Peak memory: each (workload, implementation) runs in a fresh Python process, which reports
+its peak resident set size (``VmHWM`` of ``/proc/self/status``: unlike ``ru_maxrss``, which Linux
+carries over from the parent across ``exec``, it belongs to the new process only) and the RSS
+right before the workload started (after imports and model construction). Loader workers are off
+(``num_workers=0``) so the whole pipeline is in the measured process."""
+import json
+import os
+import resource
+import subprocess
+import sys
+
+__all__ = ['WORKLOADS', 'measure', 'child_main']
+
+#: name -> (implementations, quick variant allowed)
+WORKLOADS = {
+    'target_b32': ('ours', 'gluoncv'),
+    'infer_b8': ('ours', 'gluoncv'),
+    'train_ssd300_b8': ('ours', 'gluoncv'),
+    'train_tiny_b32': ('ours', 'd2l'),
+}
+QUICK_WORKLOADS = ('target_b32',)
+
+
+def _rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def _peak_rss_mb():
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _workload(name, impl, quick):
+    """Returns (setup -> callable run) for the child."""
+    import mxnet as mx
+    if name == 'target_b32':
+        from bench.common import ssd300_anchors, voc_like_labels
+        batch = 8 if quick else 32
+        anchors = ssd300_anchors()
+        gt_boxes, gt_ids = voc_like_labels(batch, seed=batch)
+        cls_preds = mx.nd.zeros((batch, anchors.shape[1], 21))
+        if impl == 'ours':
+            from gluon_ssd.target import SSDTargetGenerator
+            gen = SSDTargetGenerator()
+            gen.hybridize(static_alloc=True, static_shape=True)
+        else:
+            from gluoncv.model_zoo.ssd.target import SSDTargetGenerator as G
+            gen = G(negative_mining_ratio=-1)
+        return lambda: gen(anchors, cls_preds, gt_boxes, gt_ids)
+    if name == 'infer_b8':
+        from bench.model import build_pair
+        batch = 1 if quick else 8
+        ours, ref = build_pair()
+        net = ours if impl == 'ours' else ref
+        del ours, ref
+        x = mx.nd.zeros((batch, 3, 300, 300))
+        return lambda: net(x)
+    from bench.train import ssd300_pipelines, synthetic_dataset, tiny_pipelines
+    if name == 'train_ssd300_b8':
+        batch = 1 if quick else 8
+        pipes = ssd300_pipelines(synthetic_dataset(300, 8 if quick else 96), batch, 0)
+    else:
+        batch = 4 if quick else 32
+        pipes = tiny_pipelines(synthetic_dataset(256, 16 if quick else 256), batch, 0)
+    make_iter, step = pipes[impl]
+    del pipes
+    state = {'it': make_iter()}
+
+    def run():
+        try:
+            batch_ = next(state['it'])
+        except StopIteration:  # small dataset: start another pass
+            state['it'] = make_iter()
+            batch_ = next(state['it'])
+        return step(batch_)
+    return run
+
+
+def child_main(name, impl, quick, calls=2):
+    """Run in the child process: print one JSON line with the peak RSS."""
+    import mxnet as mx
+    run = _workload(name, impl, quick)
+    before = _rss_mb()
+    for _ in range(calls):
+        run()
+        mx.nd.waitall()
+    peak = _peak_rss_mb()
+    print(json.dumps({'peak_rss_mb': peak, 'rss_before_mb': before}))
+
+
+def measure(quick=False):
+    """Run every workload/implementation in a fresh process; returns the memory entry."""
+    results = {}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+    for name, impls in WORKLOADS.items():
+        if quick and name not in QUICK_WORKLOADS:
+            continue
+        results[name] = {}
+        for impl in impls:
+            cmd = [sys.executable, '-m', 'bench.memory', name, impl] + (['--quick'] if quick else [])
+            out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                                 check=False)
+            lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
+            if out.returncode != 0 or not lines:
+                raise RuntimeError(f"memory child {name}/{impl} failed:\n{out.stderr[-3000:]}")
+            results[name][impl] = json.loads(lines[-1])
+    return {'name': 'memory', 'title': 'Peak memory (RSS, fresh process per measurement)',
+            'workloads': results, 'quick': quick}
+
+
+if __name__ == '__main__':
+    child_main(sys.argv[1], sys.argv[2], '--quick' in sys.argv)

@@ -1,0 +1,92 @@
+"""Where the time goes: MXNet's profiler (aggregate operator statistics) on one pipeline step,
+in a fresh process with engine bulking off so every operator is timed separately. Used as the
+evidence for targets that are not met (see BENCHMARKS.md)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+__all__ = ['profile_all', 'KINDS']
+
+KINDS = {
+    'train_ssd300': ('ours', 'gluoncv'),
+    'train_tiny': ('ours', 'd2l'),
+    'infer_b1': ('ours', 'gluoncv'),
+}
+
+
+def _setup(kind, impl, quick):
+    import mxnet as mx
+    if kind == 'infer_b1':
+        from bench.model import build_pair
+        ours, ref = build_pair()
+        net = ours if impl == 'ours' else ref
+        x = mx.nd.zeros((1, 3, 300, 300))
+        return lambda: net(x), None
+    from bench.train import ssd300_pipelines, synthetic_dataset, tiny_pipelines
+    if kind == 'train_ssd300':
+        batch = 1 if quick else 8
+        pipes = ssd300_pipelines(synthetic_dataset(300, 8 if quick else 96), batch, 0)
+    else:
+        batch = 4 if quick else 32
+        pipes = tiny_pipelines(synthetic_dataset(256, 16 if quick else 256), batch, 0)
+    make_iter, step = pipes[impl]
+    it = make_iter()
+    fixed = next(it)
+    # time the loader separately: the step is profiled on a fixed batch
+    start = time.perf_counter()
+    for _ in range(2):
+        next(it)
+    load_ms = (time.perf_counter() - start) / 2 * 1e3
+    return (lambda: step(fixed)), load_ms
+
+
+def child_main(kind, impl, quick, calls=2, top=12):
+    import mxnet as mx
+    run, load_ms = _setup(kind, impl, quick)
+    run()
+    mx.nd.waitall()
+    mx.profiler.set_config(profile_all=True, aggregate_stats=True,
+                           filename=os.devnull if os.name != 'nt' else 'NUL')
+    mx.profiler.set_state('run')
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    mx.nd.waitall()
+    wall = (time.perf_counter() - start) / calls * 1e3
+    mx.profiler.set_state('stop')
+    stats = json.loads(mx.profiler.dumps(format='json'))['Time'].get('operator', {})
+    ops = sorted(((name, v['Total'] / calls) for name, v in stats.items()),
+                 key=lambda x: -x[1])
+    total = sum(ms for _, ms in ops)
+    conv = sum(ms for name, ms in ops if 'Convolution' in name)
+    print(json.dumps({'wall_ms_per_step': wall, 'operator_ms_per_step': total,
+                      'convolution_ms_per_step': conv,
+                      'loader_ms_per_batch_single_process': load_ms,
+                      'top_ops': [[n, ms, ms / total if total else 0] for n, ms in ops[:top]]}))
+
+
+def profile_all(quick=False, kinds=None):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MXNET_EXEC_BULK_EXEC_TRAIN='0', MXNET_EXEC_BULK_EXEC_INFERENCE='0')
+    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+    out = {}
+    kinds = kinds or KINDS
+    for kind in kinds:
+        out[kind] = {}
+        for impl in (kinds[kind] if isinstance(kinds, dict) else KINDS[kind]):
+            cmd = [sys.executable, '-m', 'bench.profile', kind, impl] + \
+                (['--quick'] if quick else [])
+            res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                                 check=False)
+            lines = [l for l in res.stdout.splitlines() if l.startswith('{')]
+            if res.returncode != 0 or not lines:
+                raise RuntimeError(f"profile child {kind}/{impl} failed:\n{res.stderr[-3000:]}")
+            out[kind][impl] = json.loads(lines[-1])
+    return {'name': 'profile', 'title': 'MXNet profiler, one step (engine bulking off)',
+            'kinds': out, 'quick': quick}
+
+
+if __name__ == '__main__':
+    child_main(sys.argv[1], sys.argv[2], '--quick' in sys.argv)
