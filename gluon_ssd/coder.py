@@ -124,7 +124,19 @@ class BoxDecoder(gluon.HybridBlock):
         return F.concat(cx - half_w, cy - half_h, cx + half_w, cy + half_h, dim=-1)
 
 
-class MultiClassDecoder(gluon.HybridBlock):
+class _ClassDecoder(gluon.HybridBlock):
+    """What both class decoders hold: class count (with background), class axis, threshold."""
+
+    def __init__(self, num_class, axis=-1, thresh=0.01, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_class) < 2:
+            raise ValueError(f"num_class counts background and must be >= 2, got {num_class}")
+        self._num_class = int(num_class)
+        self._axis = axis
+        self._thresh = thresh
+
+
+class MultiClassDecoder(_ClassDecoder):
     """Keep only the best foreground class of each anchor ("argmax" decoding).
 
     Parameters
@@ -147,14 +159,6 @@ class MultiClassDecoder(gluon.HybridBlock):
     (GluonCV's ``MultiClassDecoder`` returns the same values with shape (B, N).)
     """
 
-    def __init__(self, num_class, axis=-1, thresh=0.01, **kwargs):
-        super().__init__(**kwargs)
-        if int(num_class) < 2:
-            raise ValueError(f"num_class counts background and must be >= 2, got {num_class}")
-        self._num_class = int(num_class)
-        self._axis = axis
-        self._thresh = thresh
-
     def hybrid_forward(self, F, scores):  # pylint: disable=arguments-differ
         foreground = F.slice_axis(scores, axis=self._axis, begin=1, end=None)
         cls_id = F.argmax(foreground, axis=self._axis, keepdims=True)
@@ -165,7 +169,7 @@ class MultiClassDecoder(gluon.HybridBlock):
         return cls_id, score
 
 
-class MultiPerClassDecoder(gluon.HybridBlock):
+class MultiPerClassDecoder(_ClassDecoder):
     """Keep every foreground class of each anchor ("per-class" decoding, GluonCV's SSD default).
 
     Parameters
@@ -186,14 +190,6 @@ class MultiPerClassDecoder(gluon.HybridBlock):
     cls_ids : (B, N, num_class - 1) float: the class index ``c`` at position ``c``, or -1.
     scores : (B, N, num_class - 1) the foreground probabilities, or 0.
     """
-
-    def __init__(self, num_class, axis=-1, thresh=0.01, **kwargs):
-        super().__init__(**kwargs)
-        if int(num_class) < 2:
-            raise ValueError(f"num_class counts background and must be >= 2, got {num_class}")
-        self._num_class = int(num_class)
-        self._axis = axis
-        self._thresh = thresh
 
     def hybrid_forward(self, F, scores):  # pylint: disable=arguments-differ
         foreground = F.slice_axis(scores, axis=self._axis, begin=1, end=None)
