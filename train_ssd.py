@@ -1,6 +1,7 @@
 """Train an SSD detector (flags compatible with GluonCV's scripts/detection/ssd/train_ssd.py).
 
-    python train_ssd.py                       # tiny_ssd on the built-in synthetic data, CPU
+    python train_ssd.py                       # tiny_ssd (128 px) on the built-in synthetic data, CPU
+    python train_ssd.py --data-shape 256      # d2l's TinySSD exactly (256 px, 5444 anchors)
     python train_ssd.py --dataset voc --dataset-root ../shared/data/raccoon \
         --train-split train --val-split test
     python train_ssd.py --network vgg16_atrous --data-shape 300 --dataset voc \

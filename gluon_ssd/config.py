@@ -28,9 +28,11 @@ _GLUONCV = dict(optimizer='sgd', lr_mode='step', batch_size=32, lr=0.001, epochs
                 lr_decay_epoch='160,200', warmup_epochs=0, wd=5e-4, max_expand=4)
 NETWORK_PRESETS = {
     # tiny_ssd (from scratch, CPU, ~5 min on 1000 synthetic images): Adam converges far faster
-    # than SGD here; no zoom-out (its smallest anchor is 20 % of the image).
-    'tiny_ssd': dict(data_shapes=(256,), data_shape=256, optimizer='adam', batch_size=16,
-                     lr=0.003, lr_mode='cosine', epochs=6, lr_decay_epoch='4,5',
+    # than SGD here; no zoom-out (its smallest anchor is 20 % of the image). 128 px (zoo name
+    # tiny_ssd_128) trains ~3x faster per image than d2l's 256 px and, at equal CPU time, reached
+    # a higher synthetic mAP (0.42 in 14 epochs vs 0.21 in 6 epochs at 256 px).
+    'tiny_ssd': dict(data_shapes=(128, 256), data_shape=128, optimizer='adam', batch_size=16,
+                     lr=0.003, lr_mode='cosine', epochs=16, lr_decay_epoch='12,14',
                      warmup_epochs=0.5, wd=5e-4, max_expand=1),
     'vgg16_atrous': dict(_GLUONCV, data_shapes=(300, 512), data_shape=300),
     'resnet50_v1': dict(_GLUONCV, data_shapes=(512,), data_shape=512),
@@ -129,10 +131,11 @@ def parse_gpus(text):
 
 
 def model_name(network, data_shape):
-    """Model-zoo name for a network and input size: ``tiny_ssd`` or ``ssd_<shape>_<network>_voc``
+    """Model-zoo name for a network and input size: ``tiny_ssd`` (d2l's, 256 px), ``tiny_ssd_128``
+    or ``ssd_<shape>_<network>_voc``
     (the class list is replaced by the dataset's)."""
     if network == 'tiny_ssd':
-        return 'tiny_ssd'
+        return 'tiny_ssd' if data_shape == 256 else f'tiny_ssd_{data_shape}'
     return f'ssd_{data_shape}_{network}_voc'
 
 

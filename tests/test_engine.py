@@ -10,7 +10,8 @@ from mxnet import autograd
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import engine
-from gluon_ssd.config import ConfigError, TrainConfig, fill_defaults, parse_config, validate
+from gluon_ssd.config import (ConfigError, TrainConfig, fill_defaults, model_name, parse_config,
+                              validate)
 from gluon_ssd.loss import SSDMultiBoxLoss
 from gluon_ssd.target import SSDTargetGenerator
 
@@ -187,7 +188,9 @@ def test_bad_configuration_messages(argv, flag):
 
 def test_defaults_come_from_network_preset():
     cfg = parse_config(['--out-dir', 'x'])
-    assert (cfg.network, cfg.data_shape, cfg.dataset) == ('tiny_ssd', 256, 'synthetic')
+    assert (cfg.network, cfg.data_shape, cfg.dataset) == ('tiny_ssd', 128, 'synthetic')
+    assert model_name(cfg.network, cfg.data_shape) == 'tiny_ssd_128'
+    assert model_name('tiny_ssd', 256) == 'tiny_ssd'   # d2l's exact model
     vgg = parse_config(['--network', 'vgg16_atrous', '--out-dir', 'x'])
     assert (vgg.data_shape, vgg.lr, vgg.lr_decay_epochs) == (300, 0.001, [160, 200])
     assert parse_config(['--lr', '0.5', '--out-dir', 'x']).lr == 0.5

@@ -263,7 +263,8 @@ def test_export_round_trip_gives_identical_detections(work, tmp_path, capsys):
     assert files['symbol'] == f'{prefix}-symbol.json' and files['input_name'] == 'data'
     assert files['params'] == f'{prefix}-0000.params'
     meta = json.loads(Path(files['meta']).read_text())
-    assert meta['classes'] == SHAPES and meta['input']['shape'] == ['B', 3, 256, 256]
+    # no --data-shape and no run directory: the network preset's default input size
+    assert meta['classes'] == SHAPES and meta['input']['shape'] == ['B', 3, 128, 128]
     imported = mx.gluon.SymbolBlock.imports(files['symbol'], ['data'], files['params'])
     net, _ = ssd_predict.load_trained(work['params'], classes=SHAPES)
     x = mx.nd.random.normal(shape=(2, 3, 256, 256), ctx=mx.cpu())

@@ -72,7 +72,7 @@ def _load_script():
 
 @pytest.mark.parametrize('argv, needle', [
     (['--network', 'resnet9000'], '--network'),
-    (['--data-shape', '512'], 'tiny_ssd supports 256'),
+    (['--data-shape', '512'], 'tiny_ssd supports 128, 256'),
     (['--dataset', 'voc', '--dataset-root', '/no/such/folder'], '--dataset-root'),
     (['--cpu-contexts', '3', '--batch-size', '2'], 'smaller than the number of devices'),
     (['--amp'], 'not supported on CPU'),

@@ -29,7 +29,7 @@ def _anchors(generators, sizes):
 
 
 def test_list_models():
-    assert sorted(GLUONCV_NAMES + ['tiny_ssd']) == list_models()
+    assert sorted(GLUONCV_NAMES + ['tiny_ssd', 'tiny_ssd_128']) == list_models()
 
 
 def test_unknown_name_lists_models():
@@ -82,3 +82,18 @@ def test_anchors_equal_gluoncv(name):
     # a 543 px anchor of SSD512-VGG, < 1e-4 elsewhere)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
     assert ours.num_anchors == [ag.num_depth for ag in ref.anchor_generators]
+
+
+@pytest.mark.parametrize('name, size, maps, count', [('tiny_ssd', 256, [32, 16, 8, 4, 1], 5444),
+                                                    ('tiny_ssd_128', 128, [16, 8, 4, 2, 1], 1364)])
+def test_tiny_ssd_anchors_equal_d2l_multiboxprior(name, size, maps, count):
+    """d2l builds TinySSD anchors with MultiBoxPrior's default steps; ours match at both sizes."""
+    d2l_sizes = [[0.2, 0.272], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79], [0.88, 0.961]]
+    ref = np.concatenate([
+        mx.nd.contrib.MultiBoxPrior(mx.nd.zeros((1, 1, m, m)), sizes=s, ratios=[1, 2, 0.5]).asnumpy()
+        for m, s in zip(maps, d2l_sizes)], axis=1) * size                 # corner, pixels
+    ours = _anchors(get_model(name).anchor_generators, maps)             # center, pixels
+    ours = np.concatenate([ours[..., :2] - ours[..., 2:] / 2, ours[..., :2] + ours[..., 2:] / 2],
+                          axis=-1)
+    assert ours.shape == (1, count, 4)
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
