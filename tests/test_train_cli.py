@@ -34,7 +34,8 @@ def _env():
 def _small_args(data_root, out_dir, *extra):
     """A ~15 s run: 16 synthetic images, batch 4, 6 epochs, validated on the same 16 images
     (24 steps are too few to beat an untrained net's chance mAP on unseen images)."""
-    return ['--num-train', '16', '--num-val', '16', '--val-split', 'train', '--batch-size', '4',
+    return ['--data-shape', '256',   # d2l's exact TinySSD, the size these runs were tuned at
+            '--num-train', '16', '--num-val', '16', '--val-split', 'train', '--batch-size', '4',
             '--epochs', '6', '-j', '0', '--seed', '3', '--no-progress', '--num-samples-viz', '2',
             '--dataset-root', str(data_root), '--out-dir', str(out_dir), *extra]
 
