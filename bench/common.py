@@ -118,3 +118,19 @@ def machine_facts():
         'load_avg_start': [round(x, 2) for x in load],
         'git': _git_rev(),
     }
+
+
+def run_json_child(module, args, quick=False, extra_env=None):
+    """Run ``python -m module *args [--quick]`` from the repository root in a fresh process and
+    return the JSON object on its last ``{``-line (each measurement gets a clean process)."""
+    import json
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **(extra_env or {}))
+    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+    cmd = [sys.executable, '-m', module, *args] + (['--quick'] if quick else [])
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in res.stdout.splitlines() if line.startswith('{')]
+    if res.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1])

@@ -6,7 +6,6 @@ right before the workload started (after imports and model construction). Loader
 import json
 import os
 import resource
-import subprocess
 import sys
 
 __all__ = ['WORKLOADS', 'measure', 'child_main']
@@ -97,22 +96,13 @@ def child_main(name, impl, quick, calls=2):
 
 def measure(quick=False):
     """Run every workload/implementation in a fresh process; returns the memory entry."""
+    from bench.common import run_json_child
     results = {}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
     for name, impls in WORKLOADS.items():
         if quick and name not in QUICK_WORKLOADS:
             continue
-        results[name] = {}
-        for impl in impls:
-            cmd = [sys.executable, '-m', 'bench.memory', name, impl] + (['--quick'] if quick else [])
-            out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                                 check=False)
-            lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
-            if out.returncode != 0 or not lines:
-                raise RuntimeError(f"memory child {name}/{impl} failed:\n{out.stderr[-3000:]}")
-            results[name][impl] = json.loads(lines[-1])
+        results[name] = {impl: run_json_child('bench.memory', [name, impl], quick)
+                         for impl in impls}
     return {'name': 'memory', 'title': 'Peak memory (RSS, fresh process per measurement)',
             'workloads': results, 'quick': quick}
 

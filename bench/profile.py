@@ -3,7 +3,6 @@ in a fresh process with engine bulking off so every operator is timed separately
 evidence for targets that are not met (see BENCHMARKS.md)."""
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -68,22 +67,13 @@ def child_main(kind, impl, quick, calls=2, top=12):
 
 
 def profile_all(quick=False, kinds=None):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, MXNET_EXEC_BULK_EXEC_TRAIN='0', MXNET_EXEC_BULK_EXEC_INFERENCE='0')
-    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+    from bench.common import run_json_child
+    no_bulk = {'MXNET_EXEC_BULK_EXEC_TRAIN': '0', 'MXNET_EXEC_BULK_EXEC_INFERENCE': '0'}
     out = {}
     kinds = kinds or KINDS
     for kind in kinds:
-        out[kind] = {}
-        for impl in (kinds[kind] if isinstance(kinds, dict) else KINDS[kind]):
-            cmd = [sys.executable, '-m', 'bench.profile', kind, impl] + \
-                (['--quick'] if quick else [])
-            res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                                 check=False)
-            lines = [l for l in res.stdout.splitlines() if l.startswith('{')]
-            if res.returncode != 0 or not lines:
-                raise RuntimeError(f"profile child {kind}/{impl} failed:\n{res.stderr[-3000:]}")
-            out[kind][impl] = json.loads(lines[-1])
+        out[kind] = {impl: run_json_child('bench.profile', [kind, impl], quick, no_bulk)
+                     for impl in (kinds[kind] if isinstance(kinds, dict) else KINDS[kind])}
     return {'name': 'profile', 'title': 'MXNet profiler, one step (engine bulking off)',
             'kinds': out, 'quick': quick}
 

@@ -19,7 +19,6 @@ import statistics
 import time
 
 import mxnet as mx
-import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
