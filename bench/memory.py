@@ -61,15 +61,9 @@ def _workload(name, impl, quick):
         del ours, ref
         x = mx.nd.zeros((batch, 3, 300, 300))
         return lambda: net(x)
-    from bench.train import ssd300_pipelines, synthetic_dataset, tiny_pipelines
-    if name == 'train_ssd300_b8':
-        batch = 1 if quick else 8
-        pipes = ssd300_pipelines(synthetic_dataset(300, 8 if quick else 96), batch, 0)
-    else:
-        batch = 4 if quick else 32
-        pipes = tiny_pipelines(synthetic_dataset(256, 16 if quick else 256), batch, 0)
-    make_iter, step = pipes[impl]
-    del pipes
+    from bench.train import training_workload
+    network = 'ssd300' if name == 'train_ssd300_b8' else 'tiny'
+    make_iter, step = training_workload(network, impl, quick)
     state = {'it': make_iter()}
 
     def run():

@@ -23,14 +23,9 @@ def _setup(kind, impl, quick):
         net = ours if impl == 'ours' else ref
         x = mx.nd.zeros((1, 3, 300, 300))
         return lambda: net(x), None
-    from bench.train import ssd300_pipelines, synthetic_dataset, tiny_pipelines
-    if kind == 'train_ssd300':
-        batch = 1 if quick else 8
-        pipes = ssd300_pipelines(synthetic_dataset(300, 8 if quick else 96), batch, 0)
-    else:
-        batch = 4 if quick else 32
-        pipes = tiny_pipelines(synthetic_dataset(256, 16 if quick else 256), batch, 0)
-    make_iter, step = pipes[impl]
+    from bench.train import training_workload
+    network = 'ssd300' if kind == 'train_ssd300' else 'tiny'
+    make_iter, step = training_workload(network, impl, quick)
     it = make_iter()
     fixed = next(it)
     # time the loader separately: the step is profiled on a fixed batch

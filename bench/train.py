@@ -274,3 +274,14 @@ def bench_train(kind, batch, rounds, timed, workers, num_images, skip=1):
     if gmac:
         entry['gflops'] = {k: 2 * gmac * batch / t for k, t in med.items()}
     return entry
+
+
+def training_workload(network, impl, quick):
+    """``(make_iter, step)`` of one training pipeline at the sizes the memory and profile
+    benchmarks share: ``network`` 'ssd300' (batch 8, 96 images) or 'tiny' (batch 32, 256 images),
+    ``impl`` a key of :func:`ssd300_pipelines` / :func:`tiny_pipelines`; ``quick`` shrinks both."""
+    if network == 'ssd300':
+        pipes = ssd300_pipelines(synthetic_dataset(300, 8 if quick else 96), 1 if quick else 8, 0)
+    else:
+        pipes = tiny_pipelines(synthetic_dataset(256, 16 if quick else 256), 4 if quick else 32, 0)
+    return pipes[impl]
