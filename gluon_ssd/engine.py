@@ -46,7 +46,7 @@ from gluon_ssd.target import SSDTargetGenerator
 
 __all__ = ['TrainGraph', 'TrainingDiverged', 'SeededItems', 'EpochBatchSampler', 'train',
            'build_contexts', 'build_datasets', 'build_loaders', 'build_net', 'learning_rate',
-           'forward_losses', 'evaluate', 'pad_label', 'load_trained_net', 'MEAN', 'STD']
+           'forward_losses', 'evaluate', 'pad_label', 'MEAN', 'STD']
 
 LOG = logging.getLogger('gluon_ssd.train')
 MEAN = (0.485, 0.456, 0.406)   # ImageNet statistics used by the SSD transforms (0-1 RGB)
@@ -738,47 +738,3 @@ def train(cfg, ctx=None, hooks=None):
         raise
     finally:
         run.close()
-
-
-
-# ----------------------------------------------------------------------------------------------
-# trained models (used by gluon_ssd.ablation; eval/predict have their own loaders)
-# ----------------------------------------------------------------------------------------------
-def run_config_of(params_path):
-    """The ``config.json`` dict of the run directory holding ``params_path`` (or ``{}``)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(params_path)), 'config.json')
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def load_trained_net(params_path, ctx, network=None, data_shape=None, classes=None,
-                     decoder=None):
-    """Build the network of a training run and load ``params_path`` into it.
-
-    Missing arguments come from the run's ``config.json`` beside the params file (written by
-    :func:`train`). Returns ``(net, info)`` with ``info = {'network', 'data_shape', 'classes',
-    'decoder'}``; the net is hybridized. Raises :class:`ConfigError` naming what is missing.
-    """
-    if not os.path.isfile(params_path):
-        raise ConfigError(f"--params: {params_path} does not exist")
-    run = run_config_of(params_path)
-    info = {'network': network or run.get('network'),
-            'data_shape': data_shape or run.get('data_shape'),
-            'classes': list(classes or run.get('classes') or []),
-            'decoder': decoder or run.get('decoder') or 'per_class'}
-    missing = [k for k in ('network', 'data_shape', 'classes') if not info[k]]
-    if missing:
-        raise ConfigError(f"--params: no config.json beside {params_path}; give "
-                          + ', '.join('--' + k.replace('_', '-') for k in missing))
-    from gluon_ssd.model.zoo import get_model
-    net = get_model(model_name(info['network'], info['data_shape']), classes=info['classes'],
-                    pretrained_base=False, decoder=info['decoder'])
-    try:
-        net.load_parameters(params_path, ctx=ctx)
-    except (AssertionError, mx.MXNetError, ValueError) as exc:
-        raise ConfigError(f"--params: {params_path} does not fit {info['network']} with "
-                          f"{len(info['classes'])} classes ({str(exc).splitlines()[0]})") from None
-    net.hybridize(static_alloc=True, static_shape=True)
-    return net, info
