@@ -12,6 +12,8 @@ from gluoncv.data.transforms import bbox as tbbox
 from gluoncv.data.transforms import experimental
 from gluoncv.data.transforms import image as timage
 
+from gluon_ssd.data import augment
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSDTrainTransform", "SSDValTransform", "PadLabels",
            "batchify_fn", "detection_batchify", "target_batchify_fn"]
 
@@ -105,20 +107,20 @@ class SSDTrainTransform:
         label = _as_label(label)
         img = experimental.image.random_color_distort(src)
         if np.random.uniform(0, 1) > 0.5 and self._max_expand > 1:
-            img, expand = timage.random_expand(img, max_ratio=self._max_expand,
-                                               fill=[m * 255 for m in self._mean])
+            img, expand = augment.random_expand(img, max_ratio=self._max_expand,
+                                                fill=[m * 255 for m in self._mean])
             bbox = tbbox.translate(label, x_offset=expand[0], y_offset=expand[1])
         else:
             bbox = label
         h, w, _ = img.shape
-        bbox, crop = experimental.bbox.random_crop_with_constraints(bbox, (w, h))
+        bbox, crop = augment.random_crop_with_constraints(bbox, (w, h))
         x0, y0, cw, ch = crop
         img = mx.image.fixed_crop(img, x0, y0, cw, ch)
         h, w, _ = img.shape
         img = timage.imresize(img, self._width, self._height, interp=np.random.randint(0, 5))
         bbox = tbbox.resize(bbox, (w, h), (self._width, self._height))
-        img, flips = timage.random_flip(img, px=0.5)
-        bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flips[0])
+        img, flip_x = augment.random_flip_x(img, px=0.5)
+        bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
         img = _normalize(img, self._mean, self._std)
         bbox = _drop_degenerate(np.asarray(bbox, np.float32).reshape(-1, label.shape[1]),
                                 self._min_box_size)
