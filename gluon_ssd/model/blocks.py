@@ -111,6 +111,7 @@ class L2Normalization(HybridBlock):
         if not isinstance(channels, int) or channels <= 0:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self._eps = eps
+        self._channels = channels
         with self.name_scope():
             self.scale = self.params.get('normalize_scale', shape=(1, channels, 1, 1),
                                          init=mx.init.Constant(initial))
@@ -118,7 +119,12 @@ class L2Normalization(HybridBlock):
     def hybrid_forward(self, F, x, scale):
         """``x (B, channels, H, W) -> (B, channels, H, W)``."""
         unit = F.L2Normalization(x, mode='channel', eps=self._eps)
-        return F.broadcast_mul(unit, scale)
+        # The per-channel scale as a 1x1 depthwise convolution: the same products as
+        # broadcast_mul (identical forward), but MKL-DNN's backward is ~6x faster than
+        # broadcast_mul's generic reduction on CPU (bench/blocks.py, L2Normalization row).
+        weight = F.reshape(scale, (self._channels, 1, 1, 1))
+        return F.Convolution(unit, weight, kernel=(1, 1), num_filter=self._channels,
+                             num_group=self._channels, no_bias=True)
 
 
 def flatten_pred(F, pred):
