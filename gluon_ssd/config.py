@@ -12,7 +12,10 @@ dataset is built, so a bad configuration fails in well under a second with a one
 import argparse
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
+
+from gluon_ssd.precision import cpu_has_bf16
 
 __all__ = ['ConfigError', 'TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'build_parser',
            'parse_config', 'validate', 'model_name', 'parse_gpus']
@@ -130,6 +133,15 @@ def parse_gpus(text):
     return parse_int_list(text, '--gpus')
 
 
+def amp_dtype(cfg):
+    """Mixed precision of a run: ``None`` (float32), ``'float16'`` (``--amp`` with GPUs:
+    mxnet.contrib.amp with dynamic loss scaling) or ``'bfloat16'`` (``--amp`` on CPU:
+    :mod:`gluon_ssd.precision` graphs)."""
+    if not cfg.amp:
+        return None
+    return 'float16' if parse_gpus(cfg.gpus) else 'bfloat16'
+
+
 def model_name(network, data_shape):
     """Model-zoo name for a network and input size: ``tiny_ssd`` (d2l's, 256 px), ``tiny_ssd_128``
     or ``ssd_<shape>_<network>_voc``
@@ -174,7 +186,10 @@ def build_parser():
     a('--save-interval', type=int, help='epochs between epoch_XXXX.params snapshots')
     a('--val-interval', type=int, help='epochs between validations')
     a('--seed', type=int, help='random seed (default 233)')
-    a('--amp', action='store_true', help='mixed precision with mxnet.contrib.amp (GPU only)')
+    a('--amp', action='store_true',
+      help='mixed precision: float16 with loss scaling on GPUs (mxnet.contrib.amp), bfloat16 '
+           'convolutions with float32 weights on CPUs (gluon_ssd.precision; fast on CPUs with '
+           'AVX512-BF16 or AMX)')
     a('--kvstore', default='device', help='device | local | dist_sync | dist_device_sync')
     a('--horovod', action='store_true', help='distributed training with Horovod')
     a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>)')
@@ -269,9 +284,9 @@ def validate(cfg):
     if cfg.batch_size < num_devices:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of devices "
                           f"({num_devices}); every device needs at least one image")
-    if cfg.amp and not gpus:
-        raise ConfigError("--amp needs GPUs (--gpus 0,...): mxnet.contrib.amp mixed precision is "
-                          "not supported on CPU")
+    if amp_dtype(cfg) == 'bfloat16' and not cpu_has_bf16():
+        warnings.warn("--amp on a CPU without AVX512-BF16/AMX: MKL-DNN emulates bfloat16, which "
+                      "is slower than float32 here")
     if cfg.kvstore not in ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async',
                            'nccl'):
         raise ConfigError(f"--kvstore: unknown kvstore {cfg.kvstore!r}")

@@ -37,11 +37,12 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_ssd import checkpoint as ckpt
-from gluon_ssd.config import ConfigError, model_name, parse_gpus
+from gluon_ssd.config import ConfigError, amp_dtype, model_name, parse_gpus
 from gluon_ssd.distributed import (create_kvstore, global_batch_size, is_distributed,
                                    shard_indices, worker_info)
 from gluon_ssd.loss import SSDMultiBoxLoss
 from gluon_ssd.metrics import make_metric
+from gluon_ssd.precision import PrecisionMixin
 from gluon_ssd.target import SSDTargetGenerator
 
 __all__ = ['TrainGraph', 'TrainingDiverged', 'SeededItems', 'EpochBatchSampler', 'train',
@@ -61,7 +62,7 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # the fused training graph
 # ----------------------------------------------------------------------------------------------
-class TrainGraph(gluon.HybridBlock):
+class TrainGraph(PrecisionMixin, gluon.HybridBlock):
     """Network forward, target generation and per-image loss terms in one graph.
 
     Parameters
@@ -375,7 +376,7 @@ def _make_trainer(cfg, net, kv, hvd):
         return hvd.DistributedTrainer(params, cfg.optimizer, opts)
     # Local updates (also for dist_*: gradients are summed across workers, states stay local
     # and can be checkpointed).
-    update_on_kv = False if (cfg.amp or is_distributed(kv)) else None
+    update_on_kv = False if (amp_dtype(cfg) == 'float16' or is_distributed(kv)) else None
     return gluon.Trainer(params, cfg.optimizer, opts, kvstore=kv, update_on_kvstore=update_on_kv)
 
 
@@ -541,7 +542,7 @@ class _Run:
         self.resume_state = _load_resume(cfg, self.classes)
         if self.resume_state and cfg.out_dir is None:
             cfg.out_dir = _resume_source(cfg.resume)[0]
-        if cfg.amp:
+        if amp_dtype(cfg) == 'float16':
             from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
             amp.init()
         if cfg.kvstore.startswith('dist'):
@@ -562,11 +563,14 @@ class _Run:
         # the label padding lets the target generator trace its fast bipartite step
         target_generator = SSDTargetGenerator(max_objects=label_rows(cfg, self.train_ds))
         self.graph = TrainGraph(self.net, target_generator, self.normalizer.terms)
+        if amp_dtype(cfg) == 'bfloat16':  # the training graph and the validation graph
+            self.graph.set_precision('bfloat16')
+            self.net.set_precision('bfloat16')
         self.graph.hybridize(static_alloc=True, static_shape=True)
         self.train_loader, self.sampler, self.val_loader = build_loaders(
             cfg, self.train_ds, self.val_ds, self.rank, self.num_workers)
         self.trainer = _make_trainer(cfg, self.net, self.kv, self.hvd)
-        if cfg.amp:
+        if amp_dtype(cfg) == 'float16':
             from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
             amp.init_trainer(self.trainer)
         self.step_scale = global_batch_size(1, self.kv)
@@ -625,7 +629,7 @@ class _Run:
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
         with autograd.record():
             sum_l, cls_l, box_l = forward_losses(self.graph, self.normalizer, datas, labels)
-            if self.cfg.amp:
+            if amp_dtype(self.cfg) == 'float16':  # loss scaling (bfloat16 needs none)
                 from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
                 with amp.scale_loss(sum_l, self.trainer) as scaled:
                     autograd.backward(scaled)

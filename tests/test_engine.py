@@ -175,7 +175,6 @@ def test_rng_state_roundtrip():
     (['--dataset', 'voc', '--dataset-root', '/nonexistent/dir'], '--dataset-root'),
     (['--cpu-contexts', '4', '--batch-size', '2'], '--batch-size'),
     (['--gpus', '0,1,2', '--batch-size', '2'], '--batch-size'),
-    (['--amp'], '--amp'),
     (['--lr-decay-epoch', '1,x'], '--lr-decay-epoch'),
     (['--resume', '/nonexistent/run'], '--resume'),
 ])

@@ -76,7 +76,6 @@ def _load_script():
     (['--data-shape', '512'], 'tiny_ssd supports 128, 256'),
     (['--dataset', 'voc', '--dataset-root', '/no/such/folder'], '--dataset-root'),
     (['--cpu-contexts', '3', '--batch-size', '2'], 'smaller than the number of devices'),
-    (['--amp'], 'not supported on CPU'),
 ])
 def test_configuration_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     code = _load_script().main(argv + ['--out-dir', str(tmp_path / 'r')])

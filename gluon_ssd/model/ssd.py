@@ -14,6 +14,7 @@ from mxnet.gluon import HybridBlock, nn
 from gluon_ssd.anchors import AnchorGenerator
 from gluon_ssd.coder import DetectionHead
 from gluon_ssd.model.blocks import ConvPredictor, concat_preds
+from gluon_ssd.precision import PrecisionMixin
 
 __all__ = ['SSD', 'INITIALIZERS']
 
@@ -86,7 +87,7 @@ def _class_index(key, classes, which):
     return int(key)
 
 
-class SSD(HybridBlock):
+class SSD(PrecisionMixin, HybridBlock):
     """Single Shot MultiBox Detector.
 
     Parameters
