@@ -13,9 +13,9 @@ __all__ = ['WORKLOADS', 'measure', 'child_main']
 #: name -> (implementations, quick variant allowed)
 WORKLOADS = {
     'target_b32': ('ours', 'gluoncv'),
-    'infer_b8': ('ours', 'gluoncv'),
-    'train_ssd300_b8': ('ours', 'gluoncv'),
-    'train_tiny_b32': ('ours', 'd2l'),
+    'infer_b8': ('ours', 'ours_bf16', 'gluoncv'),
+    'train_ssd300_b8': ('ours', 'ours_bf16', 'gluoncv'),
+    'train_tiny_b32': ('ours', 'ours_bf16', 'd2l'),
 }
 QUICK_WORKLOADS = ('target_b32',)
 
@@ -54,11 +54,9 @@ def _workload(name, impl, quick):
             gen = G(negative_mining_ratio=-1)
         return lambda: gen(anchors, cls_preds, gt_boxes, gt_ids)
     if name == 'infer_b8':
-        from bench.model import build_pair
+        from bench.model import inference_net
         batch = 1 if quick else 8
-        ours, ref = build_pair()
-        net = ours if impl == 'ours' else ref
-        del ours, ref
+        net = inference_net(impl)
         x = mx.nd.zeros((batch, 3, 300, 300))
         return lambda: net(x)
     from bench.train import training_workload

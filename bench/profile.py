@@ -9,18 +9,17 @@ import time
 __all__ = ['profile_all', 'KINDS']
 
 KINDS = {
-    'train_ssd300': ('ours', 'gluoncv'),
-    'train_tiny': ('ours', 'd2l'),
-    'infer_b1': ('ours', 'gluoncv'),
+    'train_ssd300': ('ours', 'ours_bf16', 'gluoncv'),
+    'train_tiny': ('ours', 'ours_bf16', 'd2l'),
+    'infer_b1': ('ours', 'ours_bf16', 'gluoncv'),
 }
 
 
 def _setup(kind, impl, quick):
     import mxnet as mx
     if kind == 'infer_b1':
-        from bench.model import build_pair
-        ours, ref = build_pair()
-        net = ours if impl == 'ours' else ref
+        from bench.model import inference_net
+        net = inference_net(impl)
         x = mx.nd.zeros((1, 3, 300, 300))
         return lambda: net(x), None
     from bench.train import training_workload

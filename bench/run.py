@@ -17,7 +17,7 @@ import traceback
 
 import mxnet as mx
 
-from bench import blocks, flops, memory, model, profile, train
+from bench import augment, blocks, flops, memory, model, profile, train
 from bench.common import machine_facts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +27,7 @@ CONFIG = {
     'target': ({'batches': (8, 32), 'repeat': 15}, {'batches': (8,), 'repeat': 2}),
     'loss': ({'batches': (8, 32), 'repeat': 15}, {'batches': (8,), 'repeat': 2}),
     'decode': ({'batches': (1, 8), 'repeat': 15}, {'batches': (1,), 'repeat': 2}),
+    'augment': ({}, {}),
     'flops': ({'repeat': 3}, {'repeat': 1}),
     'inference': ({'b1_repeat': 15, 'b8_repeat': 5}, {'b1_repeat': 1, 'b8_repeat': 0}),
     'train_ssd300': ({'batch': 8, 'rounds': 2, 'timed': 2, 'workers': 2, 'images': 96},
@@ -54,10 +55,13 @@ def run_one(name, quick):
             cfg['repeat'], quick=quick))]
     if name == 'inference':
         pair = model.build_pair()
-        out = [model.bench_inference(1, cfg['b1_repeat'], pair=pair)]
+        bf16 = model.build_bf16(pair)
+        out = [model.bench_inference(1, cfg['b1_repeat'], pair=pair, bf16=bf16)]
         if cfg['b8_repeat']:
-            out.append(model.bench_inference(8, cfg['b8_repeat'], pair=pair))
+            out.append(model.bench_inference(8, cfg['b8_repeat'], pair=pair, bf16=bf16))
         return out
+    if name == 'augment':
+        return [augment.bench_augment(quick=quick)]
     if name in ('train_ssd300', 'train_tiny'):
         kind = name.split('_', 1)[1]
         return [train.bench_train(kind, cfg['batch'], cfg['rounds'], cfg['timed'],
@@ -116,10 +120,11 @@ def render(results):
                 mine = 'ours_' + key.split(' vs ')[0]
             t_ours = e['times'][mine]['median']
             t_ref = e['times'][ref]['median']
-            target = e.get('target') if e.get('target_vs') == key else None
+            target_vs = e.get('target_vs')
+            target_vs = target_vs if isinstance(target_vs, list) else [target_vs]
+            target = e.get('target') if key in target_vs else None
             met = '' if target is None else ('yes' if value >= target else '**no**')
-            label = e['title'] + ('' if key == 'vs gluoncv' or key == e.get('target_vs')
-                                  else f' ({key})')
+            label = e['title'] + ('' if key == next(iter(e['ratios'])) else f' ({key})')
             lines.append(f"| {label} | {_fmt(t_ours)} {e['unit']} | {_fmt(t_ref)} {e['unit']} "
                          f"({ref}) | **{value:.2f}×** | "
                          f"{'' if target is None else f'≥ {target}×'} | {met} |")

@@ -65,12 +65,14 @@ def _ours_loader(dataset, size, batch, workers, max_objects):
                                  num_workers=workers)
 
 
-def _ours_step(net, batch_lr=0.001, max_objects=8):
-    """The engine's step: fused graph, cross-device normalisation, backward, SGD."""
+def _ours_step(net, batch_lr=0.001, max_objects=8, precision='float32'):
+    """The engine's step: fused graph, cross-device normalisation, backward, SGD;
+    ``precision='bfloat16'`` is what ``train_ssd.py --amp`` does on CPU."""
     from gluon_ssd.engine import TrainGraph, forward_losses
     from gluon_ssd.loss import MultiBoxLossTerms, SSDMultiBoxLoss
     from gluon_ssd.target import SSDTargetGenerator
     graph = TrainGraph(net, SSDTargetGenerator(max_objects=max_objects), MultiBoxLossTerms())
+    graph.set_precision(precision)
     graph.hybridize(static_alloc=True, static_shape=True)
     normalizer = SSDMultiBoxLoss()
     trainer = gluon.Trainer(net.collect_params(), 'sgd',
@@ -88,8 +90,20 @@ def _ours_step(net, batch_lr=0.001, max_objects=8):
     return step
 
 
+def _twin(net, name, classes, size):
+    """A second network ``name`` with ``net``'s current weights."""
+    from gluon_ssd.model.zoo import get_model
+    twin = get_model(name, classes=classes)
+    twin.initialize()
+    twin(mx.nd.zeros((1, 3, size, size)))
+    for p, q in zip(net.collect_params().values(), twin.collect_params().values()):
+        q.set_data(p.data())
+    return twin
+
+
 def ssd300_pipelines(dataset, batch, workers):
-    """{'ours': (make_iterator, step), 'gluoncv': (...)} for SSD300-VGG16."""
+    """{'ours': (make_iterator, step), 'ours_bf16': ..., 'gluoncv': (...)} for SSD300-VGG16
+    (``ours_bf16``: the same start weights, bfloat16 mixed precision as ``--amp`` on CPU)."""
     import gluoncv
     from gluoncv.data.batchify import Stack, Tuple
     from gluoncv.data.transforms.presets.ssd import SSDDefaultTrainTransform
@@ -106,8 +120,10 @@ def ssd300_pipelines(dataset, batch, workers):
     ref(x)
     copy_params(ours, ref)
 
+    ours_bf16 = _twin(ours, 'ssd_300_vgg16_atrous_voc', dataset.classes, 300)
     ours_loader = _ours_loader(dataset, 300, batch, workers, max_objects)
     ours_step = _ours_step(ours, max_objects=max_objects)
+    bf16_step = _ours_step(ours_bf16, max_objects=max_objects, precision='bfloat16')
 
     # GluonCV train_ssd.py: anchors from a train-mode forward, targets in the loader workers
     with autograd.train_mode():
@@ -131,6 +147,7 @@ def ssd300_pipelines(dataset, batch, workers):
         return sum_loss
 
     return {'ours': (lambda: iter(ours_loader), ours_step),
+            'ours_bf16': (lambda: iter(ours_loader), bf16_step),
             'gluoncv': (lambda: iter(ref_loader), ref_step)}
 
 
@@ -191,6 +208,9 @@ def tiny_pipelines(dataset, batch, workers):
     ours = get_model('tiny_ssd', classes=classes)
     ours.initialize(mx.init.Xavier())
     ours_step = _ours_step(ours, batch_lr=0.2 / batch, max_objects=max_objects)
+    ours(mx.nd.zeros((1, 3, 256, 256)))
+    bf16_step = _ours_step(_twin(ours, 'tiny_ssd', classes, 256), batch_lr=0.2 / batch,
+                           max_objects=max_objects, precision='bfloat16')
     loader = _ours_loader(dataset, 256, batch, workers, max_objects)
 
     d2l = D2LTinySSD(len(classes))
@@ -217,6 +237,7 @@ def tiny_pipelines(dataset, batch, workers):
         return loss
 
     return {'ours': (lambda: iter(loader), ours_step),
+            'ours_bf16': (lambda: iter(loader), bf16_step),
             'd2l': (lambda: iter(loader), d2l_step)}
 
 
@@ -269,8 +290,9 @@ def bench_train(kind, batch, rounds, timed, workers, num_images, skip=1):
              'times': {k: {'median': statistics.median(v) * 1e3, 'min': min(v) * 1e3,
                            'max': max(v) * 1e3, 'n': len(v)} for k, v in per_batch.items()},
              'images_per_s': {k: batch / t for k, t in med.items()},
-             'ratios': {f'vs {ref_name}': med[ref_name] / med['ours']},
-             'target': target, 'target_vs': f'vs {ref_name}'}
+             'ratios': {f'vs {ref_name}': med[ref_name] / med['ours'],
+                        f'bf16 vs {ref_name}': med[ref_name] / med['ours_bf16']},
+             'target': target, 'target_vs': [f'vs {ref_name}', f'bf16 vs {ref_name}']}
     if gmac:
         entry['gflops'] = {k: 2 * gmac * batch / t for k, t in med.items()}
     return entry
