@@ -5,7 +5,9 @@ ones (measured in ``BENCHMARKS.md``). :func:`to_bfloat16` rewrites a traced grap
 
 * ``Convolution`` / ``FullyConnected`` compute in bfloat16: their inputs (data, weight, bias) are
   cast with ``amp_cast``; the parameters themselves stay float32 (*master weights*), so the
-  optimizer updates float32 values and gradients arrive in float32 through the cast's backward;
+  optimizer updates float32 values and gradients arrive in float32 through the cast's backward.
+  The exception is the first layer (a convolution with no convolution upstream: it reads the
+  3-channel image), which stays float32;
 * ``Pooling``, ReLU ``Activation`` and ``BatchNorm`` (its statistics and affine parameters in
   float32) keep bfloat16 data as it comes, so a conv → BN → ReLU → pool chain never leaves
   bfloat16;
@@ -62,10 +64,19 @@ def to_bfloat16(sym):
             dtypes[(casts[key], 0)] = dtype
         return [casts[key], 0, 0]
 
+    after_conv = set()  # old node indices with a convolution upstream (or themselves one)
     for old, node in enumerate(nodes):
         node = dict(node)
         inputs = [[new_index[i], o, v] for i, o, v in node['inputs']]
+        if node['op'] in _LOW_PRECISION_OPS or any(i in after_conv for i, _, _ in node['inputs']):
+            after_conv.add(old)
         if node['op'] == 'null':
+            out_dtype = 'float32'
+        elif node['op'] in _LOW_PRECISION_OPS and not any(
+                i in after_conv for i, _, _ in node['inputs']):
+            # the first layer (reads the image, 3 channels) stays float32: bfloat16 gains nothing
+            # there and MKL-DNN gives its bfloat16 output a layout that makes the next
+            # BatchNorm ~7x slower (measured on TinySSD's first block)
             out_dtype = 'float32'
         elif node['op'] in _LOW_PRECISION_OPS:
             inputs = [cast(e, 'bfloat16') for e in inputs]

@@ -327,3 +327,19 @@ def test_eval_ssd_script_reports_a_missing_params_file(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"eval_ssd.py: error: --params {tmp_path / 'none.params'}: " \
                                   "file not found"
+
+
+def test_amp_loads_a_bfloat16_inference_net(work, capsys):
+    net32, _ = ssd_predict.load_trained(params=work['params'], classes=SHAPES)
+    net16, _ = ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True)
+    assert (net32.precision, net16.precision) == ('float32', 'bfloat16')
+    x = mx.nd.array(np.random.RandomState(0).normal(0, 1, (1, 3, 256, 256)))
+    scores32, scores16 = net32(x)[1].asnumpy(), net16(x)[1].asnumpy()
+    assert scores16.dtype == np.float32
+    np.testing.assert_allclose(scores16[0, :10], scores32[0, :10], atol=2e-2)
+    with pytest.raises(ssd_predict.CLIError, match='--amp'):
+        ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True,
+                                 ctx=[mx.gpu(0)])
+    rc = ssd_eval.main(['--params', work['params'], '--dataset', 'voc', '--dataset-root',
+                        work['voc'], '--val-split', 'val', '--metrics', 'voc07', '--amp'])
+    assert rc == 0, capsys.readouterr().err

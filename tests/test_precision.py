@@ -22,8 +22,10 @@ def _nodes(sym):
 
 def test_graph_rewrite_casts_convolutions_only():
     data, weight = mx.sym.var('data'), mx.sym.var('w')
-    x = mx.sym.Convolution(data * 2, weight, no_bias=True, kernel=(3, 3), num_filter=4,
-                           name='c1')
+    x = mx.sym.Convolution(data * 2, weight, no_bias=True, kernel=(3, 3), pad=(1, 1),
+                           num_filter=4, name='c0')
+    x = mx.sym.Activation(x, act_type='relu', name='act0')
+    x = mx.sym.Convolution(x, weight, no_bias=True, kernel=(3, 3), num_filter=4, name='c1')
     x = mx.sym.Activation(x, act_type='relu', name='act')
     x = mx.sym.Pooling(x, kernel=(2, 2), stride=(2, 2), name='pool')
     x = mx.sym.Convolution(x, weight, no_bias=True, kernel=(3, 3), num_filter=4, name='c2')
@@ -36,13 +38,17 @@ def test_graph_rewrite_casts_convolutions_only():
     def input_ops(name):
         return [(nodes[i]['op'], nodes[i].get('attrs', {}).get('dtype'))
                 for i, _, _ in by_name[name]['inputs']]
-    # both convolutions read bfloat16 data and weight; the weight is cast once
+    # the first layer (reading the image) stays float32
+    assert input_ops('c0') == [('_mul_scalar', None), ('null', None)]
+    assert input_ops('act0') == [('Convolution', None)]
+    # later convolutions read bfloat16 data and weight; the weight is cast once
     assert input_ops('c1') == [('amp_cast', 'bfloat16')] * 2
     assert input_ops('act') == [('Convolution', None)]   # relu and pooling stay in bfloat16
     assert input_ops('pool') == [('Activation', None)]
     assert input_ops('c2') == [('Pooling', None), ('amp_cast', 'bfloat16')]
     assert input_ops('norm') == [('amp_cast', 'float32')]  # everything else gets float32
-    # data, weight, and c2's output to float32 (shared by the norm and the graph output)
+    # act0's output and the weight to bfloat16, c2's output to float32 (shared by the norm and
+    # the graph output)
     assert sum(n['op'] == 'amp_cast' for n in nodes) == 3
     x_in = mx.nd.random.uniform(shape=(1, 4, 12, 12))
     w_in = mx.nd.random.uniform(-0.3, 0.3, shape=(4, 4, 3, 3))
@@ -152,3 +158,19 @@ def test_bfloat16_trainer_step_updates_float32_weights():
     after = net.class_predictors[0].predictor.weight.data()
     assert after.dtype == np.float32
     assert float((after - first).abs().max().asscalar()) > 0
+
+
+def test_export_of_a_bfloat16_net_is_float32(tmp_path):
+    mx.random.seed(0)
+    net = get_model('tiny_ssd', classes=CLASSES)
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.random.uniform(-1, 1, shape=(1, 3, 256, 256))
+    net.hybridize()
+    ref = [o.asnumpy() for o in net(x)]
+    net.set_precision('bfloat16')
+    sym_file, params_file = net.export(str(tmp_path / 'bf16'))
+    with open(sym_file) as f:
+        assert 'amp_cast' not in f.read()
+    imported = gluon.SymbolBlock.imports(sym_file, ['data'], params_file)
+    for got, want in zip(imported(x), ref):
+        np.testing.assert_array_equal(got.asnumpy(), want)
