@@ -3,7 +3,9 @@ in a fresh process with engine bulking off so every operator is timed separately
 evidence for targets that are not met (see BENCHMARKS.md)."""
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 __all__ = ['profile_all', 'KINDS']
@@ -40,8 +42,11 @@ def child_main(kind, impl, quick, calls=2, top=12):
     run, load_ms = _setup(kind, impl, quick)
     run()
     mx.nd.waitall()
+    # a real scratch file: MXNet's profiler replaces its output file, and given os.devnull it
+    # turns /dev/null into a regular file for the whole machine
+    scratch = tempfile.mkdtemp(prefix='gluon_ssd_profile_')
     mx.profiler.set_config(profile_all=True, aggregate_stats=True,
-                           filename=os.devnull if os.name != 'nt' else 'NUL')
+                           filename=os.path.join(scratch, 'profile.json'))
     mx.profiler.set_state('run')
     start = time.perf_counter()
     for _ in range(calls):
@@ -50,6 +55,7 @@ def child_main(kind, impl, quick, calls=2, top=12):
     wall = (time.perf_counter() - start) / calls * 1e3
     mx.profiler.set_state('stop')
     stats = json.loads(mx.profiler.dumps(format='json'))['Time'].get('operator', {})
+    shutil.rmtree(scratch, ignore_errors=True)
     ops = sorted(((name, v['Total'] / calls) for name, v in stats.items()),
                  key=lambda x: -x[1])
     total = sum(ms for _, ms in ops)

@@ -2,6 +2,7 @@
 those need the full run, see BENCHMARKS.md)."""
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_quick_suite_writes_every_entry(tmp_path):
     assert prof['wall_ms_per_step'] > 0 and prof['top_ops']
     text = md.read_text()
     assert 'python -m bench.run --quick' in text and '## Summary' in text
+    # MXNet's profiler replaces its output file: it must never be given os.devnull
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode), '/dev/null is no longer a device'
 
 
 def test_interleaved_timer_alternates_and_syncs():
