@@ -9,7 +9,8 @@ Conventions (see docs/DESIGN.md): boxes are corner format ``(xmin, ymin, xmax, y
 of the network input, anchors are center format ``(cx, cy, w, h)`` in pixels, shape (1, N, 4);
 class logits are (B, N, C+1) with background at index 0; label padding is -1.
 Datasets, transforms, metrics and drawing live in ``gluon_ssd.data``, ``gluon_ssd.metrics`` and
-``gluon_ssd.viz``; training in ``gluon_ssd.engine`` and ``train_ssd.py``.
+``gluon_ssd.viz``; training in ``gluon_ssd.engine`` and ``train_ssd.py``; bfloat16 mixed
+precision on CPU (``SSD.set_precision('bfloat16')``) in ``gluon_ssd.precision``.
 """
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ from gluon_ssd.coder import (BoxDecoder, BoxEncoder, DetectionHead, MultiClassDe
 from gluon_ssd.loss import MultiBoxLossTerms, SSDMultiBoxLoss
 from gluon_ssd.model import (COCO_CLASSES, SSD, VOC_CLASSES, ConvPredictor, DownSampleBlock,
                              L2Normalization, concat_preds, flatten_pred, get_model, list_models)
+from gluon_ssd.precision import PrecisionMixin, to_bfloat16
 from gluon_ssd.target import SSDTargetGenerator
 
 __all__ = [
@@ -26,5 +28,5 @@ __all__ = [
     'MultiBoxLossTerms', 'MultiClassDecoder', 'MultiPerClassDecoder', 'DetectionHead',
     'AnchorGenerator', 'ssd_sizes', 'BoxEncoder', 'BoxDecoder', 'corner_to_center',
     'center_to_corner', 'ConvPredictor', 'DownSampleBlock', 'L2Normalization', 'flatten_pred',
-    'concat_preds', 'VOC_CLASSES', 'COCO_CLASSES',
+    'concat_preds', 'VOC_CLASSES', 'COCO_CLASSES', 'to_bfloat16', 'PrecisionMixin',
 ]
