@@ -582,9 +582,10 @@ class _Run:
         if self.is_chief:
             with open(os.path.join(self.run_dir, 'config.json'), 'w') as f:
                 json.dump(dict(cfg.to_dict(), classes=self.classes), f, indent=1)
-        LOG.info('network %s, %d classes, %d train / %d val images, contexts %s, epochs %d-%d',
-                 model_name(cfg.network, cfg.data_shape), len(self.classes), len(self.train_ds),
-                 len(self.val_ds), self.ctx, self.start_epoch, cfg.epochs - 1)
+        LOG.info('network %s, %d classes, %d train / %d val images, contexts %s, epochs %d-%d, '
+                 'precision %s', model_name(cfg.network, cfg.data_shape), len(self.classes),
+                 len(self.train_ds), len(self.val_ds), self.ctx, self.start_epoch, cfg.epochs - 1,
+                 amp_dtype(cfg) or 'float32')
 
     def _restore(self):
         state = self.resume_state

@@ -193,6 +193,19 @@ def test_two_cpu_contexts_run(data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_amp_on_cpu_trains_in_bfloat16_and_tracks_float32(baseline, data_root, tmp_path):
+    out = tmp_path / 'amp'
+    result = engine.train(parse_config(_small_args(data_root, out, '--amp')))
+    assert 'precision bfloat16' in (out / 'train.log').read_text()
+    assert json.loads((out / 'config.json').read_text())['amp'] is True
+    amp_losses = [r['loss'] for r in result['records']]
+    fp32_losses = [r['loss'] for r in _records(baseline['out'])]
+    # same seed, data and schedule: bfloat16 convolutions only round the activations
+    np.testing.assert_allclose(amp_losses, fp32_losses, rtol=0.05)
+    assert all(r['map'] is not None and np.isfinite(r['map']) for r in result['records'])
+
+
+@pytest.mark.slow
 def test_voc_folder_raccoon(shared_data, tmp_path):
     root = shared_data / 'raccoon'
     argv = ['--dataset', 'voc', '--dataset-root', str(root), '--train-split', 'train',
