@@ -18,7 +18,8 @@ def _chain(cin, precision):
     from gluon_ssd.precision import PrecisionMixin
 
     class Chain(PrecisionMixin, mx.gluon.nn.HybridSequential):
-        """A conv chain whose graph can be bfloat16."""
+        """A conv chain whose graph can be bfloat16 (all four layers: the attainable rate)."""
+        _first_layer_float32 = False
 
     chain = Chain()
     for _ in range(4):

@@ -30,7 +30,7 @@ CONFIG = {
     'augment': ({}, {}),
     'flops': ({'repeat': 3}, {'repeat': 1}),
     'inference': ({'b1_repeat': 15, 'b8_repeat': 5}, {'b1_repeat': 1, 'b8_repeat': 0}),
-    'train_ssd300': ({'batch': 8, 'rounds': 2, 'timed': 2, 'workers': 2, 'images': 96},
+    'train_ssd300': ({'batch': 8, 'rounds': 4, 'timed': 2, 'workers': 2, 'images': 96},
                      {'batch': 1, 'rounds': 1, 'timed': 1, 'workers': 1, 'images': 8,
                       'skip': 0}),
     'train_tiny': ({'batch': 32, 'rounds': 3, 'timed': 4, 'workers': 2, 'images': 256},
@@ -124,6 +124,8 @@ def render(results):
             target_vs = target_vs if isinstance(target_vs, list) else [target_vs]
             target = e.get('target') if key in target_vs else None
             met = '' if target is None else ('yes' if value >= target else '**no**')
+            if met and key.startswith('bf16 vs ') and not ref.endswith('_bf16'):
+                met += ' (bf16 vs float32)'
             label = e['title'] + ('' if key == next(iter(e['ratios'])) and key.startswith('vs ')
                                   else f' ({key})')
             lines.append(f"| {label} | {_fmt(t_ours)} {e['unit']} | {_fmt(t_ref)} {e['unit']} "

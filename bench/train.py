@@ -23,6 +23,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from bench.common import SSD300_GMAC, copy_params
+from gluon_ssd.precision import PrecisionMixin
 
 __all__ = ['synthetic_dataset', 'ssd300_pipelines', 'tiny_pipelines', 'D2LTinySSD',
            'run_chunks', 'bench_train']
@@ -102,8 +103,11 @@ def _twin(net, name, classes, size):
 
 
 def ssd300_pipelines(dataset, batch, workers):
-    """{'ours': (make_iterator, step), 'ours_bf16': ..., 'gluoncv': (...)} for SSD300-VGG16
-    (``ours_bf16``: the same start weights, bfloat16 mixed precision as ``--amp`` on CPU)."""
+    """{'ours': (make_iterator, step), 'ours_bf16': ..., 'gluoncv': ..., 'gluoncv_bf16': ...}
+    for SSD300-VGG16, all from the same start weights. ``ours_bf16`` is ``--amp`` on CPU;
+    ``gluoncv_bf16`` is GluonCV's pipeline with its training graph rewritten by our
+    ``to_bfloat16`` (GluonCV has no CPU mixed precision of its own): the like-for-like
+    comparison in bfloat16."""
     import gluoncv
     from gluoncv.data.batchify import Stack, Tuple
     from gluoncv.data.transforms.presets.ssd import SSDDefaultTrainTransform
@@ -132,23 +136,34 @@ def ssd300_pipelines(dataset, batch, workers):
         dataset.transform(SSDDefaultTrainTransform(300, 300, anchors)), batch, shuffle=True,
         batchify_fn=Tuple(Stack(), Stack(), Stack()), last_batch='rollover',
         num_workers=workers)
-    ref.hybridize(static_alloc=True, static_shape=True)
-    mbox_loss = gluoncv.loss.SSDMultiBoxLoss()
-    ref_trainer = gluon.Trainer(ref.collect_params(), 'sgd',
+    ref_bf16 = gluoncv.model_zoo.ssd_300_vgg16_atrous_custom(list(dataset.classes),
+                                                             pretrained_base=False)
+    ref_bf16.initialize()
+    ref_bf16(x)
+    copy_params(ours, ref_bf16)
+    ref_bf16.__class__ = type('GluonCVSSDBF16', (PrecisionMixin, type(ref_bf16)), {})
+    ref_bf16.set_precision('bfloat16')
+
+    def gluoncv_step(net):
+        net.hybridize(static_alloc=True, static_shape=True)
+        mbox_loss = gluoncv.loss.SSDMultiBoxLoss()
+        trainer = gluon.Trainer(net.collect_params(), 'sgd',
                                 {'learning_rate': 0.001, 'wd': 5e-4, 'momentum': 0.9})
 
-    def ref_step(batch_):
-        data, cls_targets, box_targets = [b.as_in_context(mx.cpu()) for b in batch_]
-        with autograd.record():
-            cls_preds, box_preds, _ = ref(data)
-            sum_loss, _, _ = mbox_loss(cls_preds, box_preds, cls_targets, box_targets)
-            autograd.backward(sum_loss)
-        ref_trainer.step(1)
-        return sum_loss
+        def step(batch_):
+            data, cls_targets, box_targets = [b.as_in_context(mx.cpu()) for b in batch_]
+            with autograd.record():
+                cls_preds, box_preds, _ = net(data)
+                sum_loss, _, _ = mbox_loss(cls_preds, box_preds, cls_targets, box_targets)
+                autograd.backward(sum_loss)
+            trainer.step(1)
+            return sum_loss
+        return step
 
     return {'ours': (lambda: iter(ours_loader), ours_step),
             'ours_bf16': (lambda: iter(ours_loader), bf16_step),
-            'gluoncv': (lambda: iter(ref_loader), ref_step)}
+            'gluoncv': (lambda: iter(ref_loader), gluoncv_step(ref)),
+            'gluoncv_bf16': (lambda: iter(ref_loader), gluoncv_step(ref_bf16))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,8 +305,10 @@ def bench_train(kind, batch, rounds, timed, workers, num_images, skip=1):
              'times': {k: {'median': statistics.median(v) * 1e3, 'min': min(v) * 1e3,
                            'max': max(v) * 1e3, 'n': len(v)} for k, v in per_batch.items()},
              'images_per_s': {k: batch / t for k, t in med.items()},
-             'ratios': {f'vs {ref_name}': med[ref_name] / med['ours'],
-                        f'bf16 vs {ref_name}': med[ref_name] / med['ours_bf16']},
+             'ratios': dict({f'vs {ref_name}': med[ref_name] / med['ours'],
+                             f'bf16 vs {ref_name}': med[ref_name] / med['ours_bf16']},
+                            **({f'bf16 vs {ref_name}_bf16': med[f'{ref_name}_bf16'] /
+                                med['ours_bf16']} if f'{ref_name}_bf16' in med else {})),
              'target': target, 'target_vs': [f'vs {ref_name}', f'bf16 vs {ref_name}']}
     if gmac:
         entry['gflops'] = {k: 2 * gmac * batch / t for k, t in med.items()}

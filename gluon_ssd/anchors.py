@@ -111,9 +111,10 @@ class AnchorGenerator(gluon.HybridBlock):
     def hybrid_forward(self, F, feat):  # pylint: disable=arguments-differ
         height, width = self._im_size
         step_y, step_x = self._step
-        # Only the map's shape is used: one channel of it, float32 even in a bfloat16 graph
-        # (gluon_ssd.precision; MultiBoxPrior has no bfloat16 kernel), outside the gradient (no
-        # zero gradient joins the map's real ones).
+        # Only the map's shape is used: one channel of it, outside the gradient (no zero
+        # gradient joins the map's real ones). In a bfloat16 graph (gluon_ssd.precision)
+        # slice_axis is a float32 operator, so MultiBoxPrior (no bfloat16 kernel) gets float32;
+        # the cast before it copies the whole map (< 1 % of a step).
         feat = F.BlockGrad(F.slice_axis(feat, axis=1, begin=0, end=1))
         # MultiBoxPrior works in 0-1 units: sizes relative to the image height, steps per axis.
         corners_rel = F.contrib.MultiBoxPrior(

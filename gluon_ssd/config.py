@@ -12,10 +12,9 @@ dataset is built, so a bad configuration fails in well under a second with a one
 import argparse
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 
-from gluon_ssd.precision import cpu_has_bf16
+from gluon_ssd.precision import check_bf16_support
 
 __all__ = ['ConfigError', 'TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'build_parser',
            'parse_config', 'validate', 'model_name', 'parse_gpus']
@@ -284,9 +283,11 @@ def validate(cfg):
     if cfg.batch_size < num_devices:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of devices "
                           f"({num_devices}); every device needs at least one image")
-    if amp_dtype(cfg) == 'bfloat16' and not cpu_has_bf16():
-        warnings.warn("--amp on a CPU without AVX512-BF16/AMX: MKL-DNN emulates bfloat16, which "
-                      "is slower than float32 here")
+    if amp_dtype(cfg) == 'bfloat16':
+        try:
+            check_bf16_support('--amp')
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.kvstore not in ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async',
                            'nccl'):
         raise ConfigError(f"--kvstore: unknown kvstore {cfg.kvstore!r}")

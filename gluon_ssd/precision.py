@@ -23,10 +23,12 @@ builds its cached op. Only the block that is called from Python needs it (a chil
 are part of its parent's graph).
 """
 import json
+import warnings
 
 import mxnet as mx
 
-__all__ = ['to_bfloat16', 'PrecisionMixin', 'PRECISIONS', 'cpu_has_bf16']
+__all__ = ['to_bfloat16', 'PrecisionMixin', 'PRECISIONS', 'cpu_bf16_support',
+           'check_bf16_support']
 
 PRECISIONS = ('float32', 'bfloat16')
 
@@ -42,9 +44,10 @@ def _keeps_input_dtype(node):
     return op == 'Activation' and node.get('attrs', {}).get('act_type') == 'relu'
 
 
-def to_bfloat16(sym):
+def to_bfloat16(sym, first_layer_float32=True):
     """A copy of ``sym`` (float32 graph) with bfloat16 compute as described in the module
-    docstring. Argument names, their order and the outputs are unchanged (outputs are float32)."""
+    docstring; ``first_layer_float32=False`` casts the first layer too. Argument names, their
+    order and the outputs are unchanged (outputs are float32)."""
     graph = json.loads(sym.tojson())
     nodes = graph['nodes']
     new_nodes, new_index = [], {}
@@ -72,7 +75,7 @@ def to_bfloat16(sym):
             after_conv.add(old)
         if node['op'] == 'null':
             out_dtype = 'float32'
-        elif node['op'] in _LOW_PRECISION_OPS and not any(
+        elif first_layer_float32 and node['op'] in _LOW_PRECISION_OPS and not any(
                 i in after_conv for i, _, _ in node['inputs']):
             # the first layer (reads the image, 3 channels) stays float32: bfloat16 gains nothing
             # there and MKL-DNN gives its bfloat16 output a layout that makes the next
@@ -99,15 +102,32 @@ def to_bfloat16(sym):
     return mx.sym.load_json(json.dumps(out))
 
 
-def cpu_has_bf16():
-    """True when the CPU has native bfloat16 dot products (``avx512_bf16`` or AMX); without them
-    MKL-DNN still runs bfloat16 graphs, but emulated and slower than float32."""
+def cpu_bf16_support(cpuinfo='/proc/cpuinfo'):
+    """How this CPU runs MKL-DNN's bfloat16 convolutions: ``'native'`` (``avx512_bf16`` or AMX
+    dot products), ``'emulated'`` (AVX-512 without them: works, slower than float32) or ``None``
+    (no AVX-512: MKL-DNN cannot build bfloat16 convolutions at all, the first forward raises)."""
     try:
-        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
-            flags = f.read()
+        with open(cpuinfo, encoding='ascii', errors='replace') as f:
+            flags = set(f.read().split())
     except OSError:
-        return False
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+        return None
+    if {'avx512_bf16', 'amx_bf16'} & flags:
+        return 'native'
+    if {'avx512f', 'avx512bw'} <= flags:
+        return 'emulated'
+    return None
+
+
+def check_bf16_support(flag='--amp'):
+    """Raise ``RuntimeError`` naming ``flag`` when this CPU cannot run bfloat16 convolutions;
+    warn when it can only emulate them."""
+    support = cpu_bf16_support()
+    if support is None:
+        raise RuntimeError(f"{flag}: bfloat16 on CPU needs AVX-512 (MKL-DNN has no bfloat16 "
+                           f"convolution without it); this CPU has none, run without {flag}")
+    if support == 'emulated':
+        warnings.warn(f"{flag}: this CPU has no AVX512-BF16/AMX; MKL-DNN emulates bfloat16, "
+                      f"which is slower than float32 here")
 
 
 class PrecisionMixin:
@@ -117,6 +137,8 @@ class PrecisionMixin:
     (float32) either way."""
 
     _precision = 'float32'
+    #: keep the first layer float32 (see :func:`to_bfloat16`)
+    _first_layer_float32 = True
 
     @property
     def precision(self):
@@ -135,5 +157,5 @@ class PrecisionMixin:
         if not self._cached_graph:
             inputs, out = super()._get_graph(*args)
             if self._precision == 'bfloat16':
-                self._cached_graph = inputs, to_bfloat16(out)
+                self._cached_graph = inputs, to_bfloat16(out, self._first_layer_float32)
         return self._cached_graph

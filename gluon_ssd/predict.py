@@ -232,8 +232,16 @@ def load_trained(params=None, run_dir=None, network=None, data_shape=None, class
     net = get_model(name, classes=classes, pretrained_base=False, decoder=decoder,
                     nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
     ctx = ctx or [mx.cpu()]
-    if amp and any(c.device_type == 'gpu' for c in ctx):
-        raise CLIError("--amp for inference is bfloat16 on CPU; drop --gpus or --amp")
+    if amp:
+        if any(c.device_type == 'gpu' for c in ctx):
+            raise CLIError("--amp for inference is bfloat16 on CPU; drop --gpus or --amp")
+        if not hybridize:
+            raise CLIError("--amp works on hybridized graphs; load with hybridize=True")
+        from gluon_ssd.precision import check_bf16_support
+        try:
+            check_bf16_support('--amp')
+        except RuntimeError as exc:
+            raise CLIError(str(exc)) from None
     try:
         net.load_parameters(params, ctx=ctx)
     except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:

@@ -15,7 +15,7 @@ EXPECTED = {
     'loss_b8': ('ours', 'gluoncv'),
     'decode_b1': ('ours_per_class', 'ours_argmax', 'gluoncv'),
     'infer_b1': ('ours', 'gluoncv', 'ours_bf16', 'gluoncv_bf16'),
-    'train_ssd300_b1': ('ours', 'ours_bf16', 'gluoncv'),
+    'train_ssd300_b1': ('ours', 'ours_bf16', 'gluoncv', 'gluoncv_bf16'),
     'train_tiny_b4': ('ours', 'ours_bf16', 'd2l'),
     'augment_256': ('ours', 'gluoncv'),
 }

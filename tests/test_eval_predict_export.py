@@ -336,10 +336,15 @@ def test_amp_loads_a_bfloat16_inference_net(work, capsys):
     x = mx.nd.array(np.random.RandomState(0).normal(0, 1, (1, 3, 256, 256)))
     scores32, scores16 = net32(x)[1].asnumpy(), net16(x)[1].asnumpy()
     assert scores16.dtype == np.float32
+    assert 'amp_cast' in net16._cached_graph[1].tojson(remove_amp_cast=False)
+    assert 'amp_cast' not in net32._cached_graph[1].tojson(remove_amp_cast=False)
     np.testing.assert_allclose(scores16[0, :10], scores32[0, :10], atol=2e-2)
     with pytest.raises(ssd_predict.CLIError, match='--amp'):
         ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True,
                                  ctx=[mx.gpu(0)])
+    with pytest.raises(ssd_predict.CLIError, match='hybridize'):
+        ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True,
+                                 hybridize=False)
     rc = ssd_eval.main(['--params', work['params'], '--dataset', 'voc', '--dataset-root',
                         work['voc'], '--val-split', 'val', '--metrics', 'voc07', '--amp'])
     assert rc == 0, capsys.readouterr().err

@@ -10,7 +10,7 @@ from mxnet import autograd, gluon
 from gluon_ssd import engine
 from gluon_ssd.loss import MultiBoxLossTerms, SSDMultiBoxLoss
 from gluon_ssd.model.zoo import get_model
-from gluon_ssd.precision import to_bfloat16
+from gluon_ssd.precision import cpu_bf16_support, to_bfloat16
 from gluon_ssd.target import SSDTargetGenerator
 
 CLASSES = ['a', 'b', 'c']
@@ -175,3 +175,36 @@ def test_export_of_a_bfloat16_net_is_float32(tmp_path):
     imported = gluon.SymbolBlock.imports(sym_file, ['data'], params_file)
     for got, want in zip(imported(x), ref):
         np.testing.assert_array_equal(got.asnumpy(), want)
+
+
+@pytest.mark.parametrize('flags, support', [
+    ('fpu sse avx2 fma avx512f avx512bw avx512_bf16', 'native'),
+    ('fpu avx2 amx_bf16 amx_tile', 'native'),
+    ('fpu sse avx2 fma avx512f avx512bw avx512vl', 'emulated'),
+    ('fpu sse avx2 fma', None),
+])
+def test_cpu_bf16_support_from_flags(flags, support, tmp_path):
+    info = tmp_path / 'cpuinfo'
+    info.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+    assert cpu_bf16_support(str(info)) == support
+    assert cpu_bf16_support(str(tmp_path / 'missing')) is None
+
+
+def test_amp_without_avx512_is_a_configuration_error(monkeypatch):
+    from gluon_ssd import precision
+    from gluon_ssd.config import ConfigError, parse_config
+    monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: None)
+    with pytest.raises(ConfigError, match='AVX-512'):
+        parse_config(['--amp', '--out-dir', 'unused'])
+    monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: 'emulated')
+    with pytest.warns(UserWarning, match='emulates bfloat16'):
+        parse_config(['--amp', '--out-dir', 'unused'])
+
+
+def test_first_layer_can_be_cast_too():
+    data, weight = mx.sym.var('data'), mx.sym.var('w')
+    out = mx.sym.Convolution(data, weight, no_bias=True, kernel=(3, 3), num_filter=4, name='c0')
+    kept = [n['op'] for n in _nodes(to_bfloat16(out))]
+    cast = [n['op'] for n in _nodes(to_bfloat16(out, first_layer_float32=False))]
+    assert kept.count('amp_cast') == 0
+    assert cast.count('amp_cast') == 3  # data, weight, output back to float32
