@@ -188,7 +188,7 @@ def build_parser():
     a('--amp', action='store_true',
       help='mixed precision: float16 with loss scaling on GPUs (mxnet.contrib.amp), bfloat16 '
            'convolutions with float32 weights on CPUs (gluon_ssd.precision; fast on CPUs with '
-           'AVX512-BF16 or AMX)')
+           'AVX512-BF16 or AMX, emulated on other AVX-512 CPUs, refused without AVX-512)')
     a('--kvstore', default='device', help='device | local | dist_sync | dist_device_sync')
     a('--horovod', action='store_true', help='distributed training with Horovod')
     a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>)')
