@@ -71,12 +71,12 @@ def to_bfloat16(sym, first_layer_float32=True):
     for old, node in enumerate(nodes):
         node = dict(node)
         inputs = [[new_index[i], o, v] for i, o, v in node['inputs']]
-        if node['op'] in _LOW_PRECISION_OPS or any(i in after_conv for i, _, _ in node['inputs']):
+        conv_upstream = any(i in after_conv for i, _, _ in node['inputs'])
+        if node['op'] in _LOW_PRECISION_OPS or conv_upstream:
             after_conv.add(old)
         if node['op'] == 'null':
             out_dtype = 'float32'
-        elif first_layer_float32 and node['op'] in _LOW_PRECISION_OPS and not any(
-                i in after_conv for i, _, _ in node['inputs']):
+        elif first_layer_float32 and node['op'] in _LOW_PRECISION_OPS and not conv_upstream:
             # the first layer (reads the image, 3 channels) stays float32: bfloat16 gains nothing
             # there and MKL-DNN gives its bfloat16 output a layout that makes the next
             # BatchNorm ~7x slower (measured on TinySSD's first block)

@@ -42,6 +42,16 @@ def _sample_crop(width, height, min_scale, max_scale, max_aspect_ratio):
     return left, top, crop_w, crop_h
 
 
+def _randbelow(n, bits):
+    """``randrange(n)`` for ``n > 0`` as CPython draws it: ``n.bit_length()`` random bits,
+    redrawn while ``>= n`` (``bits``: ``getrandbits`` of the generator in use)."""
+    k = n.bit_length()
+    value = bits(k)
+    while value >= n:
+        value = bits(k)
+    return value
+
+
 def _draw_proposals(count, width, height, min_scale, max_scale, max_aspect_ratio, rng=None):
     """``count`` proposals as :func:`_sample_crop` draws them, with CPython's ``uniform`` and
     ``randrange`` written out on ``random()`` / ``getrandbits()`` (``a + (b - a) * random()``;
@@ -62,20 +72,12 @@ def _draw_proposals(count, width, height, min_scale, max_scale, max_aspect_ratio
         root = math.sqrt(lo + (hi - lo) * rand())
         crop_h = int(height * scale / root)
         crop_w = int(width * scale * root)
-        n = height - crop_h
-        if n <= 0:
+        if height - crop_h <= 0:
             return out, ValueError("empty range for randrange()")
-        k = n.bit_length()
-        top = bits(k)
-        while top >= n:
-            top = bits(k)
-        n = width - crop_w
-        if n <= 0:
+        top = _randbelow(height - crop_h, bits)
+        if width - crop_w <= 0:
             return out, ValueError("empty range for randrange()")
-        k = n.bit_length()
-        left = bits(k)
-        while left >= n:
-            left = bits(k)
+        left = _randbelow(width - crop_w, bits)
         out.append((left, top, crop_w, crop_h))
     return out, None
 
