@@ -1,21 +1,20 @@
 """Anchor (prior) boxes of one SSD feature map.
 
 Anchors are returned in GluonCV's convention: **center format** ``(cx, cy, w, h)`` in **pixels of
-the network input**, shape ``(1, h*w*A, 4)``. For every feature-map cell, row-major (row ``i``, then
-column ``j``), the ``A`` anchors are: every size with ``ratios[0]``, then ``sizes[0]`` with each of
-``ratios[1:]``. A ratio ``r`` gives ``w = s*sqrt(r)``, ``h = s/sqrt(r)``.
+the network input**, shape ``(1, h*w*A, 4)`` float32. For every feature-map cell, row-major (row
+``i``, then column ``j``), the ``A`` anchors are: every size with ``ratios[0]``, then ``sizes[0]``
+with each of ``ratios[1:]``. A ratio ``r`` gives ``w = s*sqrt(r)``, ``h = s/sqrt(r)``.
 
-The boxes themselves come from MXNet's ``contrib.MultiBoxPrior`` (which works in 0-1 corner
-coordinates); this module only feeds it normalised parameters and converts its output. Because
-MultiBoxPrior computes float32 corners, values can differ from GluonCV's (float64-built, then
-float32) anchors by up to 2 float32 ulps, i.e. 1.2e-4 px for anchors larger than 512 px.
+The values are GluonCV's (``SSDAnchorGenerator`` builds them in float64 numpy and stores float32):
+widths and heights are computed in Python float64 and enter the graph as float32 scalars, centres
+``(j + offset) * step`` are computed in-graph in float32, which is exact for integer steps. So the
+anchors of every GluonCV preset are bit-identical to GluonCV's (see :class:`AnchorGenerator`).
 """
 import math
 from numbers import Real
 
+import numpy as np
 from mxnet import gluon
-
-from gluon_ssd.coder import corner_to_center
 
 __all__ = ['AnchorGenerator', 'ssd_sizes']
 
@@ -53,20 +52,20 @@ def _pair(value, name):
 
 
 class AnchorGenerator(gluon.HybridBlock):
-    """Anchor boxes of one feature map, built on ``F.contrib.MultiBoxPrior``.
+    """Anchor boxes of one feature map, identical to GluonCV's ``SSDAnchorGenerator``.
 
     Parameters
     ----------
     sizes : sequence of float
-        Ratio-1 anchor sizes in pixels (MultiBoxPrior semantics: each size is used with
-        ``ratios[0]``; only ``sizes[0]`` is combined with ``ratios[1:]``). For SSD use a pair from
+        Ratio-1 anchor sizes in pixels (each size is used with ``ratios[0]``; only ``sizes[0]`` is
+        combined with ``ratios[1:]``, as MXNet's ``MultiBoxPrior``). For SSD use a pair from
         :func:`ssd_sizes`.
     ratios : sequence of float
         Aspect ratios ``w/h``; ``ratios[0]`` is normally 1.
     step : float or (step_y, step_x)
         Distance between neighbouring anchor centres in pixels.
     im_size : (H, W)
-        Network input size in pixels; used to normalise for MultiBoxPrior and for ``clip``.
+        Network input size in pixels; used by ``clip``.
     offsets : (offset_y, offset_x), default (0.5, 0.5)
         Centre of cell ``(i, j)`` is ``((j + offset_x) * step_x, (i + offset_y) * step_y)``.
     clip : bool, default False
@@ -75,10 +74,16 @@ class AnchorGenerator(gluon.HybridBlock):
 
     Forward
     -------
-    feat : (B, C, h, w) feature map; only its spatial shape is used.
+    feat : (B, C, h, w) feature map; only its spatial shape is used (any size, known at run time).
 
-    Returns ``(1, h*w*A, 4)`` anchors, center format ``(cx, cy, w, h)``, pixels, where
-    ``A = num_anchors``.
+    Returns ``(1, h*w*A, 4)`` float32 anchors, center format ``(cx, cy, w, h)``, pixels of the
+    network input, where ``A = num_anchors``; the same for every batch size.
+
+    Exactness: each anchor's ``w`` and ``h`` are computed in Python float64 (as GluonCV) and rounded
+    to float32 once, so they always equal GluonCV's. Centres are computed in float32 as
+    ``float32(j + offset) * float32(step)``, exact (hence equal to GluonCV's float64 values)
+    whenever that product is representable in float32, e.g. integer steps with offsets 0.5 (every
+    preset); a non-integer step can put a centre 1 float32 ulp off GluonCV's.
     """
 
     def __init__(self, sizes, ratios, step, im_size, offsets=(0.5, 0.5), clip=False, **kwargs):
@@ -102,33 +107,48 @@ class AnchorGenerator(gluon.HybridBlock):
         self._im_size = (float(im_size[0]), float(im_size[1]))
         self._offsets = offsets
         self._clip = bool(clip)
+        self._wh = self._widths_heights()
 
     @property
     def num_anchors(self):
         """Anchors per feature-map cell: ``len(sizes) + len(ratios) - 1``."""
         return len(self._sizes) + len(self._ratios) - 1
 
+    def _widths_heights(self):
+        """Per anchor of a cell ``(w, h)`` in pixels: float64 arithmetic, then float32 values
+        (clipped like GluonCV's float32 anchors when ``clip``), as Python floats."""
+        shapes = [(s, math.sqrt(self._ratios[0])) for s in self._sizes]
+        shapes += [(self._sizes[0], math.sqrt(r)) for r in self._ratios[1:]]
+        wh = np.array([(s * sr, s / sr) for s, sr in shapes], dtype=np.float64).astype(np.float32)
+        if self._clip:
+            height, width = self._im_size
+            wh = np.clip(wh, np.float32(0), np.array([width, height], dtype=np.float32))
+        return tuple((float(w), float(h)) for w, h in wh)
+
     def hybrid_forward(self, F, feat):  # pylint: disable=arguments-differ
-        height, width = self._im_size
-        step_y, step_x = self._step
         # Only the map's shape is used: one channel of it, outside the gradient (no zero
         # gradient joins the map's real ones). In a bfloat16 graph (gluon_ssd.precision)
-        # slice_axis is a float32 operator, so MultiBoxPrior (no bfloat16 kernel) gets float32;
-        # the cast before it copies the whole map (< 1 % of a step).
+        # slice_axis is a float32 operator, so the anchors are built in float32 from a float32
+        # input; the cast before it copies the whole map (< 1 % of a step).
         feat = F.BlockGrad(F.slice_axis(feat, axis=1, begin=0, end=1))
-        # MultiBoxPrior works in 0-1 units: sizes relative to the image height, steps per axis.
-        corners_rel = F.contrib.MultiBoxPrior(
-            feat, sizes=[s / height for s in self._sizes], ratios=self._ratios,
-            steps=(step_y / height, step_x / width), offsets=self._offsets, clip=False)
-        cx, cy, w, h = F.split(corner_to_center(F, corners_rel), axis=-1, num_outputs=4)
-        # MultiBoxPrior multiplies every width by (feature h / feature w) so that boxes stay
-        # square on a non-square map; GluonCV's widths do not depend on the map, so undo it.
-        feat_hw = F.cast(F.slice_axis(F.shape_array(feat), axis=0, begin=2, end=4), 'float32')
-        fh, fw = F.split(feat_hw, axis=0, num_outputs=2)
-        w = F.broadcast_mul(w, F.reshape(fw / fh, (1, 1, 1)))
-        cx, w = cx * width, w * height
-        cy, h = cy * height, h * height
+        (off_y, off_x), (step_y, step_x) = self._offsets, self._step
+        # centres (j + offset) * step: arange_like adds j to float32(offset) in float32, then one
+        # float32 multiply; both exact for integer steps (see the class docstring)
+        cy = F.contrib.arange_like(feat, start=off_y, step=1, axis=2) * step_y     # (h,)
+        cx = F.contrib.arange_like(feat, start=off_x, step=1, axis=3) * step_x     # (w,)
         if self._clip:
-            cx, w = F.clip(cx, 0, width), F.clip(w, 0, width)
-            cy, h = F.clip(cy, 0, height), F.clip(h, 0, height)
-        return F.concat(cx, cy, w, h, dim=-1)
+            height, width = self._im_size
+            cx, cy = F.clip(cx, 0, width), F.clip(cy, 0, height)
+        cy = F.reshape(cy, (-1, 1, 1, 1))                                          # (h, 1, 1, 1)
+        cx = F.reshape(cx, (1, -1, 1, 1))                                          # (1, w, 1, 1)
+        # (w, h) of the A anchors as float32 scalars: 0 + float32 value is exact
+        zero = F.zeros_like(F.slice_axis(cx, axis=1, begin=0, end=1))               # (1, 1, 1, 1)
+        consts = {v: zero + v for pair in self._wh for v in pair}   # one op per distinct value
+        wh = F.reshape(F.concat(*[consts[v] for pair in self._wh for v in pair], dim=3),
+                       (1, 1, -1, 2))                                               # (1, 1, A, 2)
+        # zeros (h, w, A, 1) to broadcast everything to the full grid (adding 0 is exact)
+        grid = F.broadcast_axis(F.broadcast_add(F.zeros_like(cy), F.zeros_like(cx)),
+                                axis=2, size=self.num_anchors)
+        anchors = F.concat(F.broadcast_add(grid, cx), F.broadcast_add(grid, cy),
+                           F.broadcast_add(grid, wh), dim=3)                        # (h, w, A, 4)
+        return F.reshape(anchors, (1, -1, 4))

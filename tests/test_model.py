@@ -164,7 +164,7 @@ def test_ssd300_anchors_equal_gluoncv(vgg300_outputs):
     ref_anchors = np.concatenate(
         [_np(ag(mx.nd.zeros((1, 1, s, s)))) for ag, s in zip(ref.anchor_generators, sizes)], 1)
     diff = np.abs(_np(vgg300_outputs[0][2]) - ref_anchors).max()
-    assert diff < 1e-4, diff
+    assert diff == 0.0, diff
 
 
 def test_ssd300_inference_outputs(vgg300_outputs):

@@ -78,9 +78,7 @@ def test_anchors_equal_gluoncv(name):
     got = _anchors(ours.anchor_generators, sizes)
     expected = _anchors(ref.anchor_generators, sizes)
     assert got.shape == (1, count, 4)
-    # float32 rounding: MultiBoxPrior works in 0-1 units, GluonCV in pixels (max 1.2e-4 px on
-    # a 543 px anchor of SSD512-VGG, < 1e-4 elsewhere)
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
+    assert np.abs(got - expected).max() == 0.0      # bit-identical (tests/test_anchors.py)
     assert ours.num_anchors == [ag.num_depth for ag in ref.anchor_generators]
 
 
