@@ -42,6 +42,16 @@ def _four(values, name):
     return values
 
 
+def _flag(value, name):
+    """A GluonCV on/off argument, read by truth value as GluonCV does. A sequence is refused: it
+    is ``means`` passed by position into the slot GluonCV's order gives to this flag."""
+    if isinstance(value, (str, bytes)) or hasattr(value, '__len__'):
+        raise TypeError(f"{name} must be a bool, got {value!r}; BoxDecoder takes GluonCV's "
+                        "(stds, convert_anchor, clip, minimal_opset) by position, pass means= "
+                        "by keyword")
+    return bool(value)
+
+
 class BoxEncoder(gluon.HybridBlock):
     """Encode the ground-truth box matched to each anchor as a regression target.
 
@@ -87,30 +97,46 @@ class BoxEncoder(gluon.HybridBlock):
 class BoxDecoder(gluon.HybridBlock):
     """Decode regression outputs back to boxes (inverse of :class:`BoxEncoder`).
 
+    The positional parameters are GluonCV's ``NormalizedBoxCenterDecoder``'s, in its order;
+    ``means`` (which GluonCV's decoder lacks, its means being 0) is keyword-only.
+
     Parameters
     ----------
-    stds, means : 4 floats each
+    stds : 4 floats, default (0.1, 0.1, 0.2, 0.2)
         Must equal the encoder's.
+    convert_anchor : bool, default False
+        ``False``: ``anchors`` are center format ``(cx, cy, w, h)``. ``True``: they are corner
+        format ``(xmin, ymin, xmax, ymax)`` and are converted first (as GluonCV).
     clip : float or None, default None
         If a positive number, the scaled log-size terms ``t_w * std_w`` and ``t_h * std_h`` are
         capped at ``clip`` before ``exp`` (limits how much a box can grow). ``None`` or a value
         ``<= 0`` disables it (GluonCV's behaviour).
+    minimal_opset : bool, default False
+        Accepted for GluonCV compatibility, where it avoids the fused ``contrib.box_decode``
+        operator. This block only ever uses common operators, so it changes nothing.
+    means : 4 floats, keyword-only, default (0, 0, 0, 0)
+        Must equal the encoder's.
 
     Forward
     -------
     box_preds : (B, N, 4) encoded offsets.
-    anchors : (1, N, 4) or (B, N, 4) center format, pixels.
+    anchors : (1, N, 4) or (B, N, 4), pixels; center format (corner if ``convert_anchor``).
 
     Returns ``(B, N, 4)`` corner format, pixels.
     """
 
-    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0., 0., 0., 0.), clip=None, **kwargs):
+    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), convert_anchor=False, clip=None,
+                 minimal_opset=False, *, means=(0., 0., 0., 0.), **kwargs):
         super().__init__(**kwargs)
         self._stds = _four(stds, 'stds')
         self._means = _four(means, 'means')
+        self._convert_anchor = _flag(convert_anchor, 'convert_anchor')
+        self._minimal_opset = _flag(minimal_opset, 'minimal_opset')
         self._clip = float(clip) if clip is not None and clip > 0 else None
 
     def hybrid_forward(self, F, box_preds, anchors):  # pylint: disable=arguments-differ
+        if self._convert_anchor:
+            anchors = corner_to_center(F, anchors)
         ax, ay, aw, ah = F.split(anchors, axis=-1, num_outputs=4)
         tx, ty, tw, th = [t * s + m for t, s, m in zip(
             F.split(box_preds, axis=-1, num_outputs=4), self._stds, self._means)]
@@ -125,13 +151,10 @@ class BoxDecoder(gluon.HybridBlock):
 
 
 class _ClassDecoder(gluon.HybridBlock):
-    """What both class decoders hold: class count (with background), class axis, threshold."""
+    """What both class decoders hold: class axis and score threshold."""
 
-    def __init__(self, num_class, axis=-1, thresh=0.01, **kwargs):
+    def __init__(self, axis=-1, thresh=0.01, **kwargs):
         super().__init__(**kwargs)
-        if int(num_class) < 2:
-            raise ValueError(f"num_class counts background and must be >= 2, got {num_class}")
-        self._num_class = int(num_class)
         self._axis = axis
         self._thresh = thresh
 
@@ -139,10 +162,11 @@ class _ClassDecoder(gluon.HybridBlock):
 class MultiClassDecoder(_ClassDecoder):
     """Keep only the best foreground class of each anchor ("argmax" decoding).
 
+    Same parameters, in the same order, as GluonCV's ``MultiClassDecoder``; the number of classes
+    is read from the input.
+
     Parameters
     ----------
-    num_class : int
-        Number of classes **including** background (as in GluonCV).
     axis : int, default -1
         Class axis of the input.
     thresh : float, default 0.01
@@ -150,11 +174,11 @@ class MultiClassDecoder(_ClassDecoder):
 
     Forward
     -------
-    scores : (B, N, num_class) probabilities (after softmax), class 0 = background.
+    scores : (B, N, C+1) probabilities (after softmax), class 0 = background.
 
     Returns
     -------
-    cls_id : (B, N, 1) float foreground class id in ``[0, num_class - 1)``, or -1.
+    cls_id : (B, N, 1) float foreground class id in ``[0, C)``, or -1.
     score : (B, N, 1) its probability, or 0.
     (GluonCV's ``MultiClassDecoder`` returns the same values with shape (B, N).)
     """
@@ -171,6 +195,8 @@ class MultiClassDecoder(_ClassDecoder):
 
 class MultiPerClassDecoder(_ClassDecoder):
     """Keep every foreground class of each anchor ("per-class" decoding, GluonCV's SSD default).
+
+    Same parameters, in the same order, as GluonCV's ``MultiPerClassDecoder``.
 
     Parameters
     ----------
@@ -190,6 +216,12 @@ class MultiPerClassDecoder(_ClassDecoder):
     cls_ids : (B, N, num_class - 1) float: the class index ``c`` at position ``c``, or -1.
     scores : (B, N, num_class - 1) the foreground probabilities, or 0.
     """
+
+    def __init__(self, num_class, axis=-1, thresh=0.01, **kwargs):
+        super().__init__(axis=axis, thresh=thresh, **kwargs)
+        if int(num_class) < 2:
+            raise ValueError(f"num_class counts background and must be >= 2, got {num_class}")
+        self._num_class = int(num_class)
 
     def hybrid_forward(self, F, scores):  # pylint: disable=arguments-differ
         foreground = F.slice_axis(scores, axis=self._axis, begin=1, end=None)
@@ -255,7 +287,7 @@ class DetectionHead(gluon.HybridBlock):
             self.box_decoder = BoxDecoder(stds=stds)
             # both decoders are parameter-free; set_decoder() only picks one
             self.per_class_decoder = MultiPerClassDecoder(num_classes + 1, thresh=score_thresh)
-            self.argmax_decoder = MultiClassDecoder(num_classes + 1, thresh=score_thresh)
+            self.argmax_decoder = MultiClassDecoder(thresh=score_thresh)
         self._decoder = None
         self.set_decoder(decoder)
 

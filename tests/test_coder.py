@@ -105,6 +105,40 @@ def test_box_decoder_matches_gluoncv(clip):
         assert not np.allclose(ours, BoxDecoder()(preds, anchors).asnumpy())
 
 
+@pytest.mark.parametrize('clip', [None, 0.3])
+def test_box_decoder_gluoncv_positional_arguments(clip):
+    """GluonCV's order ``(stds, convert_anchor, clip, minimal_opset)``: corner anchors."""
+    rng = np.random.RandomState(10)
+    stds = (0.2, 0.3, 0.4, 0.5)
+    preds = mx.nd.array(rng.normal(0, 3, size=(2, 40, 4)))
+    corner = mx.nd.array(_corner_boxes(rng, (1, 40)))
+    for minimal_opset in (False, True):
+        ours = BoxDecoder(stds, True, clip, minimal_opset)(preds, corner).asnumpy()
+        ref = NormalizedBoxCenterDecoder(stds, True, clip, minimal_opset)(preds, corner)
+        np.testing.assert_allclose(ours, ref.asnumpy(), rtol=1e-6, atol=BOX_TOL)
+    # convert_anchor=True on corner anchors == default on the same anchors in center format
+    np.testing.assert_allclose(
+        ours, BoxDecoder(stds, clip=clip)(preds, corner_to_center(mx.nd, corner)).asnumpy(),
+        rtol=1e-6, atol=BOX_TOL)
+    np.testing.assert_array_equal(_hybrid(BoxDecoder(stds, True, clip))(preds, corner).asnumpy(),
+                                  ours)
+
+
+def test_box_decoder_means_is_keyword_only():
+    rng = np.random.RandomState(11)
+    preds, anchors = mx.nd.array(rng.normal(size=(1, 20, 4))), _center_anchors(rng, 20)
+    means = (0.1, -0.2, 0.3, 0.05)
+    shifted = BoxDecoder(means=means)(preds, anchors).asnumpy()
+    # means shift the codes before decoding: same as decoding preds + means / stds
+    offset = mx.nd.array(np.array(means) / np.array((0.1, 0.1, 0.2, 0.2)))
+    np.testing.assert_allclose(
+        shifted, BoxDecoder()(mx.nd.broadcast_add(preds, offset.reshape((1, 1, 4))),
+                              anchors).asnumpy(), rtol=1e-5, atol=BOX_TOL)
+    # the old order (stds, means) must not be read as convert_anchor=True
+    with pytest.raises(TypeError, match='convert_anchor'):
+        BoxDecoder((0.1, 0.1, 0.2, 0.2), means)
+
+
 def test_encode_then_decode_recovers_boxes_and_per_image_anchors():
     rng = np.random.RandomState(5)
     gt = mx.nd.array(_corner_boxes(rng, (3, 20)))
@@ -133,12 +167,24 @@ def _probs(seed=7, batch=2, n=50, num_class=5, spread=3.0):
 def test_multi_class_decoder_matches_gluoncv():
     probs = _probs()
     for thresh in (0.01, 0.8):
-        ids, scores = _np(MultiClassDecoder(5, thresh=thresh)(probs))
+        ids, scores = _np(MultiClassDecoder(thresh=thresh)(probs))
         ref_ids, ref_scores = _np(GluonCVMultiClassDecoder(thresh=thresh)(probs))
         assert ids.shape == scores.shape == (2, 50, 1) and ids.dtype == np.float32
         np.testing.assert_array_equal(ids[..., 0], ref_ids)  # GluonCV returns (B, N)
         np.testing.assert_array_equal(scores[..., 0], ref_scores)
     assert (ids == -1).any() and (scores[ids == -1] == 0).all()  # thresh 0.8 dropped some
+
+
+def test_multi_class_decoder_takes_gluoncv_positional_arguments():
+    """``MultiClassDecoder(axis, thresh)`` as GluonCV: no class count (read from the input)."""
+    for num_class in (2, 5, 9):
+        probs = _probs(seed=num_class, num_class=num_class)
+        ids, scores = _np(MultiClassDecoder(-1, 0.3)(probs))
+        ref_ids, ref_scores = _np(GluonCVMultiClassDecoder(-1, 0.3)(probs))
+        np.testing.assert_array_equal(ids[..., 0], ref_ids)
+        np.testing.assert_array_equal(scores[..., 0], ref_scores)
+    moved = _np(MultiClassDecoder(1, 0.3)(mx.nd.transpose(probs, (0, 2, 1))))
+    np.testing.assert_array_equal(moved[0][:, 0], ids[..., 0])
 
 
 def test_multi_per_class_decoder_matches_gluoncv():
@@ -152,12 +198,19 @@ def test_multi_per_class_decoder_matches_gluoncv():
     assert set(np.unique(ids)) == {-1., 0., 1., 2., 3.}
 
 
+def _class_decoder(block, num_class=5, **kwargs):
+    """``block`` built the GluonCV way: only ``MultiPerClassDecoder`` takes the class count."""
+    if block is MultiPerClassDecoder:
+        return block(num_class, **kwargs)
+    return block(**kwargs)
+
+
 def test_class_decoders_follow_axis():
     probs = _probs()
     moved = mx.nd.transpose(probs, (0, 2, 1))  # classes on axis 1
     for block in (MultiClassDecoder, MultiPerClassDecoder):
-        last = _np(block(5)(probs))
-        first = _np(block(5, axis=1)(moved))
+        last = _np(_class_decoder(block)(probs))
+        first = _np(_class_decoder(block, axis=1)(moved))
         for a, b in zip(first, last):
             np.testing.assert_array_equal(np.transpose(a, (0, 2, 1)), b)
 
@@ -165,7 +218,8 @@ def test_class_decoders_follow_axis():
 @pytest.mark.parametrize('block', [MultiClassDecoder, MultiPerClassDecoder])
 def test_class_decoders_hybridized_equal_imperative(block):
     probs = _probs(seed=8)
-    for a, b in zip(_np(_hybrid(block(5))(probs)), _np(block(5)(probs))):
+    for a, b in zip(_np(_hybrid(_class_decoder(block))(probs)),
+                    _np(_class_decoder(block)(probs))):
         np.testing.assert_array_equal(a, b)
 
 
