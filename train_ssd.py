@@ -6,39 +6,39 @@
         --train-split train --val-split test
     python train_ssd.py --network vgg16_atrous --data-shape 300 --dataset voc \
         --dataset-root ~/VOCdevkit --gpus 0,1,2,3 --batch-size 32
+    python train_ssd.py --resume runs/X --epochs 40   # continue run X with its own settings
 
-Exit codes: 0 success, 2 bad configuration (one-line message, nothing trained), 3 the loss
-became NaN/inf (the last good checkpoint is kept).
+The headline result is the final epoch's VOC07 mAP (the best epoch's is printed beside it:
+picking the best epoch on the validation split flatters it).
+
+Exit codes: 0 success, 2 bad configuration or data (one-line message, nothing trained), 3 the
+loss became NaN/inf (the last good checkpoint is kept).
 """
 import sys
 
-from gluon_ssd.config import ConfigError, parse_config
+from gluon_ssd.errors import UserError, fail
 
-EXIT_CONFIG = 2
-EXIT_DIVERGED = 3
+PROG = 'train_ssd.py'
 
 
-def _fail(message, code):
-    sys.stderr.write(f"train_ssd.py: error: {message}\n")
-    return code
+def _fmt(value):
+    return 'n/a' if value is None else f'{value:.4f}'
 
 
 def main(argv=None):
-    """Parse flags, train, print the run directory and best mAP. Returns the exit code."""
+    """Parse flags, train, print the run directory and mAP. Returns the exit code."""
     try:
+        from gluon_ssd.config import parse_config
         cfg = parse_config(argv)
-    except ConfigError as exc:
-        return _fail(exc, EXIT_CONFIG)
-    from gluon_ssd.engine import TrainingDiverged, train  # heavy imports after flag checks
-    try:
+        from gluon_ssd.engine import train  # heavy imports after flag checks
         result = train(cfg)
-    except ConfigError as exc:
-        return _fail(exc, EXIT_CONFIG)
-    except TrainingDiverged as exc:
-        return _fail(exc, EXIT_DIVERGED)
-    best = result['best_map']
-    print(f"run directory: {result['run_dir']}  best VOC07 mAP: "
-          f"{'n/a' if best is None else f'{best:.4f}'}")
+    except UserError as exc:
+        return fail(PROG, exc)
+    line = f"run directory: {result['run_dir']}  final VOC07 mAP: {_fmt(result['final_map'])}"
+    if result.get('final_coco_ap') is not None:
+        line += f"  final COCO AP: {_fmt(result['final_coco_ap'])}"
+    line += f"  (best {_fmt(result['best_map'])} at epoch {result['best_epoch']})"
+    print(line)
     return 0
 
 

@@ -56,14 +56,11 @@ def synthetic_dataset(size, num_train, root=None):
 
 
 def _ours_loader(dataset, size, batch, workers, max_objects):
-    from gluoncv.data.batchify import Stack, Tuple
-
+    from gluon_ssd.data.build import train_loader
     from gluon_ssd.data.transforms import SSDTrainTransform
-    from gluon_ssd.engine import EpochBatchSampler, SeededItems
-    items = SeededItems(dataset, SSDTrainTransform(size, size), 0, max_objects)
-    sampler = EpochBatchSampler(len(dataset), batch, 0)
-    return gluon.data.DataLoader(items, batch_sampler=sampler, batchify_fn=Tuple(Stack(), Stack()),
-                                 num_workers=workers)
+    loader, _ = train_loader(dataset, SSDTrainTransform(size, size), batch, 0, max_objects,
+                             workers)
+    return loader
 
 
 def _ours_step(net, batch_lr=0.001, max_objects=8, precision='float32'):

@@ -42,6 +42,8 @@ import os
 import sys
 import time
 
+from gluon_ssd.errors import UserError, fail
+
 __all__ = ['NORMS', 'INITS', 'DECODERS', 'DEFAULT', 'CLAIMS', 'build_parser', 'run_grid',
            'summarize', 'write_outputs', 'main']
 
@@ -49,6 +51,7 @@ NORMS = ('batch', 'sample')
 INITS = ('xavier', 'uniform')
 DECODERS = ('per_class', 'argmax')
 DEFAULT = ('batch', 'xavier', 'per_class')
+PROG = 'python -m gluon_ssd.ablation'
 
 #: tip name -> (setting that should win, setting it is compared with, claimed gain in mAP points)
 CLAIMS = {
@@ -62,15 +65,15 @@ def _csv_list(text, allowed, flag):
     values = [v.strip() for v in text.split(',') if v.strip()]
     bad = [v for v in values if v not in allowed]
     if not values or bad:
-        raise SystemExit(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, "
-                         f"got {text!r}")
+        raise UserError(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, "
+                        f"got {text!r}")
     return values
 
 
 def build_parser():
     """Command-line flags of ``python -m gluon_ssd.ablation``."""
     p = argparse.ArgumentParser(
-        prog='python -m gluon_ssd.ablation',
+        prog=PROG,
         description='Train a grid of SSD settings (loss normalisation x initialiser) over seeds, '
                     'evaluate each model with both decoders, and tabulate/plot mAP.')
     a = p.add_argument
@@ -134,25 +137,19 @@ def make_config(args, norm, init, seed, out_dir):
     return validate(fill_defaults(cfg))
 
 
-def evaluate_decoders(run_dir, cfg, decoders, classes):
+def evaluate_decoders(run_dir, cfg, decoders):
     """VOC07 mAP of the run's final weights (``last.params``) with each decoder."""
     import mxnet as mx
-    from mxnet import gluon
-
-    from gluon_ssd.data.transforms import SSDValTransform, detection_batchify
-    from gluon_ssd.engine import MEAN, STD, build_datasets, evaluate
-    from gluon_ssd.predict import load_trained
+    from gluon_ssd.engine import open_data
+    from gluon_ssd.evaluate import evaluate
+    from gluon_ssd.model.io import load_model
     ctx = [mx.cpu()]
-    _, val_ds, _ = build_datasets(cfg)
-    transform = SSDValTransform(cfg.data_shape, cfg.data_shape, mean=MEAN, std=STD)
-    val_items = gluon.data.SimpleDataset([transform(*val_ds[i]) for i in range(len(val_ds))])
-    loader = gluon.data.DataLoader(val_items, batch_size=cfg.batch_size, shuffle=False,
-                                   last_batch='keep', batchify_fn=detection_batchify)
-    net, _ = load_trained(params=os.path.join(run_dir, 'last.params'), classes=classes, ctx=ctx)
+    _, val_ds, _ = open_data(cfg)
+    net, meta = load_model(params=os.path.join(run_dir, 'last.params'), ctx=ctx)
     maps = {}
     for decoder in decoders:
         net.set_decoder(decoder)
-        summary = evaluate(net, loader, ctx, classes)
+        summary = evaluate(net, meta, val_ds, ('voc07',), cfg.batch_size, ctx)['voc07']
         maps[decoder] = summary['map'] if summary['map'] is not None else float('nan')
     return maps
 
@@ -166,9 +163,10 @@ def run_grid(args, log=print):
     try:
         seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     except ValueError:
-        raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+        raise UserError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") \
+            from None
     if not seeds:
-        raise SystemExit('--seeds: give at least one seed')
+        raise UserError('--seeds: give at least one seed')
     rows = []
     grid = list(itertools.product(norms, inits, seeds))
     for k, (norm, init, seed) in enumerate(grid):
@@ -190,7 +188,7 @@ def run_grid(args, log=print):
         out = train(cfg)
         train_s = time.time() - tic
         tic = time.time()
-        maps = evaluate_decoders(run_dir, cfg, decoders, out['classes'])
+        maps = evaluate_decoders(run_dir, cfg, decoders)
         result = {'norm': norm, 'init': init, 'seed': seed, 'map': maps,
                   'train_seconds': round(train_s, 1),
                   'eval_seconds': round(time.time() - tic, 1),
@@ -381,19 +379,16 @@ def write_outputs(rows, out_dir, meta):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.dataset == 'voc' and not args.dataset_root:
-        raise SystemExit('--dataset voc needs --dataset-root (a VOC-format folder)')
-    os.makedirs(args.out_dir, exist_ok=True)
-    from gluon_ssd.config import ConfigError
     tic = time.time()
     try:
+        if args.dataset == 'voc' and not args.dataset_root:
+            raise UserError('--dataset voc needs --dataset-root (a VOC-format folder)')
+        os.makedirs(args.out_dir, exist_ok=True)
         rows = run_grid(args)
-    except ConfigError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    if not rows:
-        print(f'error: no finished runs in {args.out_dir}', file=sys.stderr)
-        return 2
+        if not rows:
+            raise UserError(f'--out-dir {args.out_dir}: no finished runs')
+    except UserError as exc:
+        return fail(PROG, exc)
     dataset = args.dataset if args.dataset == 'synthetic' else \
         os.path.basename(os.path.normpath(args.dataset_root))
     meta = {'dataset': dataset, 'network': args.network, 'epochs': args.epochs,

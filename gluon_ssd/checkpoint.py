@@ -20,11 +20,13 @@ import random
 
 import numpy as np
 
+from gluon_ssd.errors import UserError
+
 __all__ = ['atomic_write', 'save_checkpoint', 'load_checkpoint_state', 'checkpoint_paths',
            'rng_state', 'set_rng_state', 'CheckpointError']
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, inconsistent or does not match the run's configuration."""
 
 

@@ -1,30 +1,37 @@
-"""Training configuration: command-line flags, per-network defaults and validation.
+"""Training configuration: command-line flags, per-network training recipes and validation.
 
 The flags follow GluonCV's ``scripts/detection/ssd/train_ssd.py`` (``--network vgg16_atrous
---data-shape 300`` names the model ``ssd_300_vgg16_atrous``), plus this project's switches
+--data-shape 300`` trains the zoo's ``ssd_300_vgg16_atrous_voc``, or ``..._coco`` with ``--dataset
+coco``: :func:`gluon_ssd.model.zoo.model_name` decides), plus this project's switches
 (``--loss-norm``, ``--init``, ``--decoder``, ``--out-dir``). Flags left unset take their value from
-the network's preset in :data:`NETWORK_PRESETS`, then from :data:`COMMON_DEFAULTS`.
+the network's recipe in :data:`NETWORK_PRESETS`, then from :data:`COMMON_DEFAULTS`.
+
+``--resume RUN`` restores the run's saved ``config.json``: a flag given with it must agree with
+the saved value, except the few in :data:`RESUME_MUTABLE`; changes are recorded in the run's
+``history``.
 
 Everything here is cheap: :func:`parse_config` and :func:`validate` run before any model or
 dataset is built, so a bad configuration fails in well under a second with a one-line
-:class:`ConfigError`.
+:class:`~gluon_ssd.errors.UserError`.
 """
 import argparse
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from gluon_ssd.data.build import DATASETS, DEFAULT_SPLITS, check_dataset
+from gluon_ssd.devices import parse_gpus
+from gluon_ssd.errors import UserError
+from gluon_ssd.model.zoo import NETWORKS, model_name
 from gluon_ssd.precision import check_bf16_support
+from gluon_ssd.rundir import read_config, resume_source
 
-__all__ = ['ConfigError', 'TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'build_parser',
-           'parse_config', 'validate', 'model_name', 'parse_gpus']
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; its message is one line naming the flag/file."""
+__all__ = ['TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'RESUME_MUTABLE', 'build_parser',
+           'parse_config', 'fill_defaults', 'validate', 'restore_for_resume']
 
 
-# Per-network defaults (flags override them); ``data_shapes`` lists what the network supports.
+# Per-network training recipes (flags override them); input sizes: gluon_ssd.model.zoo.NETWORKS.
 # GluonCV's train_ssd.py defaults (SGD, step decay, full SSD augmentation).
 _GLUONCV = dict(optimizer='sgd', lr_mode='step', batch_size=32, lr=0.001, epochs=240,
                 lr_decay_epoch='160,200', warmup_epochs=0, wd=5e-4, max_expand=4)
@@ -33,25 +40,23 @@ NETWORK_PRESETS = {
     # than SGD here; no zoom-out (its smallest anchor is 20 % of the image). 128 px (zoo name
     # tiny_ssd_128) trains ~3x faster per image than d2l's 256 px and, at equal CPU time, reached
     # a higher synthetic mAP (0.42 in 14 epochs vs 0.21 in 6 epochs at 256 px).
-    'tiny_ssd': dict(data_shapes=(128, 256), data_shape=128, optimizer='adam', batch_size=16,
+    'tiny_ssd': dict(optimizer='adam', batch_size=16,
                      lr=0.003, lr_mode='cosine', epochs=16, lr_decay_epoch='12,14',
                      warmup_epochs=0.5, wd=5e-4, max_expand=1),
-    'vgg16_atrous': dict(_GLUONCV, data_shapes=(300, 512), data_shape=300),
-    'resnet50_v1': dict(_GLUONCV, data_shapes=(512,), data_shape=512),
-    'mobilenet1.0': dict(_GLUONCV, data_shapes=(512,), data_shape=512),
+    'vgg16_atrous': dict(_GLUONCV),
+    'resnet50_v1': dict(_GLUONCV),
+    'mobilenet1.0': dict(_GLUONCV),
 }
 
 # Defaults shared by every network (GluonCV's script values where it has the flag).
 COMMON_DEFAULTS = dict(lr_decay=0.1, momentum=0.9, log_interval=20,
                        save_interval=10, val_interval=1, seed=233, num_workers=4)
 
-DATASETS = ('synthetic', 'voc', 'coco', 'rec')
-DEFAULT_SPLITS = {
-    'synthetic': ('train', 'val'),
-    'voc': ('2007_trainval,2012_trainval', '2007_test'),
-    'coco': ('instances_train2017', 'instances_val2017'),
-    'rec': ('train.rec', 'val.rec'),
-}
+#: Settings that ``--resume`` may change: they do not change what is computed, only how long,
+#: how often it is logged or saved, and how fast the data is loaded (augmentation is seeded per
+#: item, so the number of loader workers does not change the batches).
+RESUME_MUTABLE = ('epochs', 'num_workers', 'log_interval', 'save_interval', 'val_interval',
+                  'no_progress', 'num_samples_viz')
 
 
 @dataclass
@@ -96,6 +101,8 @@ class TrainConfig:
     cpu_contexts: int = 1
     no_progress: bool = False
     num_samples_viz: int = 8
+    # Every ``--resume`` of the run: ``{'time', 'from', 'changes': {key: [old, new]}}``.
+    history: list = field(default_factory=list)
 
     def to_dict(self):
         """The configuration as a JSON-able dict."""
@@ -103,12 +110,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`UserError`."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+            raise UserError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**values)
+
+    @property
+    def amp_dtype(self):
+        """Mixed precision of the run: ``None`` (float32), ``'float16'`` (``--amp`` with GPUs:
+        mxnet.contrib.amp with dynamic loss scaling) or ``'bfloat16'`` (``--amp`` on CPU:
+        :mod:`gluon_ssd.precision` graphs)."""
+        if not self.amp:
+            return None
+        return 'float16' if parse_gpus(self.gpus) else 'bfloat16'
 
     @property
     def lr_decay_epochs(self):
@@ -124,30 +140,7 @@ def parse_int_list(text, flag):
     try:
         return sorted(int(t) for t in text.split(',') if t.strip())
     except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-
-
-def parse_gpus(text):
-    """``'0,1'`` -> ``[0, 1]``; empty means CPU only."""
-    return parse_int_list(text, '--gpus')
-
-
-def amp_dtype(cfg):
-    """Mixed precision of a run: ``None`` (float32), ``'float16'`` (``--amp`` with GPUs:
-    mxnet.contrib.amp with dynamic loss scaling) or ``'bfloat16'`` (``--amp`` on CPU:
-    :mod:`gluon_ssd.precision` graphs)."""
-    if not cfg.amp:
-        return None
-    return 'float16' if parse_gpus(cfg.gpus) else 'bfloat16'
-
-
-def model_name(network, data_shape):
-    """Model-zoo name for a network and input size: ``tiny_ssd`` (d2l's, 256 px), ``tiny_ssd_128``
-    or ``ssd_<shape>_<network>_voc``
-    (the class list is replaced by the dataset's)."""
-    if network == 'tiny_ssd':
-        return 'tiny_ssd' if data_shape == 256 else f'tiny_ssd_{data_shape}'
-    return f'ssd_{data_shape}_{network}_voc'
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser():
@@ -158,7 +151,7 @@ def build_parser():
                     'dataset, on CPU, in a few minutes.')
     a = p.add_argument
     a('--network', default='tiny_ssd',
-      help=f"base network: {', '.join(NETWORK_PRESETS)} (default tiny_ssd)")
+      help=f"base network: {', '.join(NETWORKS)} (default tiny_ssd)")
     a('--data-shape', type=int, help='input size in pixels (default: the network preset)')
     a('--batch-size', type=int, help='global batch size, split across devices')
     a('--dataset', default='synthetic', help=f"{' | '.join(DATASETS)} (default synthetic)")
@@ -212,23 +205,81 @@ def build_parser():
 
 
 def parse_config(argv=None):
-    """Parse ``argv`` into a validated :class:`TrainConfig` with presets filled in.
+    """Parse ``argv`` into a validated :class:`TrainConfig` with presets filled in; with
+    ``--resume`` the run's saved settings (see :func:`restore_for_resume`).
 
-    Raises :class:`ConfigError` (never ``SystemExit`` for semantic problems).
+    Raises :class:`UserError` (never ``SystemExit`` for semantic problems).
     """
-    ns = build_parser().parse_args(argv)
-    cfg = TrainConfig(**{k: v for k, v in vars(ns).items()})
+    parser = build_parser()
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    if cfg.resume:
+        cfg = restore_for_resume(cfg, _explicit_flags(parser, argv))
     return validate(fill_defaults(cfg))
 
 
+def _explicit_flags(parser, argv):
+    """``{dest: value}`` of the flags actually typed in ``argv`` (defaults left out)."""
+    for action in parser._actions:  # pylint: disable=protected-access
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def _flag(key):
+    return '-j/--num-workers' if key == 'num_workers' else '--' + key.replace('_', '-')
+
+
+def restore_for_resume(cfg, explicit):
+    """The configuration of the run ``cfg.resume`` continues.
+
+    ``explicit``: the flags typed with ``--resume`` (``{dest: value}``). A run directory (or a
+    checkpoint inside one) with a ``config.json`` gives every setting; a typed flag that
+    contradicts it raises :class:`UserError` naming the flag, unless it is one of
+    :data:`RESUME_MUTABLE` (then the change is recorded in ``history``). A bare ``.params``
+    file outside a run directory only provides weights: ``cfg`` is returned unchanged.
+    """
+    if not os.path.exists(cfg.resume):
+        raise UserError(f"--resume: {cfg.resume} does not exist")
+    run_dir, _, _ = resume_source(cfg.resume)
+    saved = read_config(run_dir)
+    if saved is None:
+        return cfg
+    saved.pop('classes', None)
+    try:
+        restored = TrainConfig.from_dict(saved)
+    except (UserError, TypeError) as exc:
+        raise UserError(f"{os.path.join(run_dir, 'config.json')}: {exc}") from None
+    changes = {}
+    for key, value in explicit.items():
+        if key in ('resume', 'start_epoch'):
+            continue
+        if key == 'out_dir':
+            if os.path.abspath(value) != os.path.abspath(run_dir):
+                raise UserError(f"--out-dir {value} contradicts --resume {cfg.resume}: a resumed "
+                                f"run continues in {run_dir}")
+            continue
+        old = getattr(restored, key)
+        if value == old:
+            continue
+        if key not in RESUME_MUTABLE:
+            raise UserError(f"{_flag(key)} {value} contradicts the run being resumed ({old} in "
+                            f"{os.path.join(run_dir, 'config.json')}); on --resume only "
+                            f"{', '.join(_flag(k) for k in RESUME_MUTABLE)} may change")
+        changes[key] = [old, value]
+        setattr(restored, key, value)
+    restored.resume, restored.out_dir = cfg.resume, run_dir
+    restored.history = list(restored.history) + [
+        {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'from': cfg.resume, 'changes': changes}]
+    return restored
+
+
 def fill_defaults(cfg):
-    """Fill ``None`` fields from the network preset then :data:`COMMON_DEFAULTS` (in place)."""
+    """Fill ``None`` fields from the network recipe then :data:`COMMON_DEFAULTS` (in place)."""
     if cfg.network not in NETWORK_PRESETS:
-        raise ConfigError(f"--network: unknown network {cfg.network!r}; choose one of "
-                          f"{', '.join(NETWORK_PRESETS)}")
-    preset = dict(NETWORK_PRESETS[cfg.network])
-    preset.pop('data_shapes')
-    for source in (preset, COMMON_DEFAULTS):
+        raise UserError(f"--network: unknown network {cfg.network!r}; choose one of "
+                        f"{', '.join(NETWORK_PRESETS)}")
+    if cfg.data_shape is None:
+        cfg.data_shape = NETWORKS[cfg.network]['data_shapes'][0]
+    for source in (NETWORK_PRESETS[cfg.network], COMMON_DEFAULTS):
         for key, value in source.items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -244,55 +295,46 @@ def fill_defaults(cfg):
     return cfg
 
 
-def _positive(cfg, name, flag, allow_zero=False):
+def _check_number(cfg, name, allow_zero=False):
+    """A finite number, positive (or non-negative with ``allow_zero``); else a UserError."""
     value = getattr(cfg, name)
+    need = 'a non-negative' if allow_zero else 'a positive'
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{_flag(name)}: must be {need} finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
-        need = 'non-negative' if allow_zero else 'positive'
-        raise ConfigError(f"{flag}: must be {need}, got {value}")
+        raise UserError(f"{_flag(name)}: must be {need} number, got {value}")
 
 
 def validate(cfg):
-    """Check a filled configuration; raise :class:`ConfigError` naming the flag. Returns ``cfg``."""
-    shapes = NETWORK_PRESETS[cfg.network]['data_shapes']
-    if cfg.data_shape not in shapes:
-        raise ConfigError(f"--data-shape: {cfg.network} supports {', '.join(map(str, shapes))}, "
-                          f"got {cfg.data_shape}")
-    if cfg.dataset not in DATASETS:
-        raise ConfigError(f"--dataset: unknown dataset {cfg.dataset!r}; choose one of "
-                          f"{', '.join(DATASETS)}")
-    if cfg.dataset != 'synthetic':
-        if not cfg.dataset_root:
-            raise ConfigError(f"--dataset-root is required for --dataset {cfg.dataset}")
-        if not os.path.isdir(os.path.expanduser(cfg.dataset_root)):
-            raise ConfigError(f"--dataset-root: {cfg.dataset_root} is not a directory")
-    for name, flag in (('batch_size', '--batch-size'), ('epochs', '--epochs'), ('lr', '--lr'),
-                       ('log_interval', '--log-interval'), ('save_interval', '--save-interval'),
-                       ('val_interval', '--val-interval'), ('cpu_contexts', '--cpu-contexts')):
-        _positive(cfg, name, flag)
-    for name, flag in (('num_workers', '--num-workers'), ('wd', '--wd'),
-                       ('momentum', '--momentum'), ('warmup_epochs', '--warmup-epochs'),
-                       ('start_epoch', '--start-epoch'), ('max_objects', '--max-objects'),
-                       ('max_expand', '--max-expand'),
-                       ('num_train', '--num-train'), ('num_val', '--num-val')):
-        _positive(cfg, name, flag, allow_zero=True)
-    cfg.lr_decay_epochs  # parses, raising ConfigError on bad text
+    """Check a filled configuration; raise :class:`UserError` naming the flag. Returns ``cfg``."""
+    model_name(cfg.network, cfg.data_shape, cfg.dataset)   # checks --network / --data-shape
+    check_dataset(cfg.dataset, cfg.dataset_root)
+    for name in ('batch_size', 'epochs', 'lr', 'log_interval', 'save_interval', 'val_interval',
+                 'cpu_contexts', 'lr_decay'):
+        _check_number(cfg, name)
+    for name in ('num_workers', 'wd', 'momentum', 'warmup_epochs', 'start_epoch', 'max_objects',
+                 'max_expand', 'num_train', 'num_val', 'seed', 'num_samples_viz'):
+        _check_number(cfg, name, allow_zero=True)
+    if cfg.momentum >= 1:
+        raise UserError(f"--momentum: must be below 1 (SGD diverges otherwise), got {cfg.momentum}")
+    if cfg.max_expand < 1:
+        raise UserError(f"--max-expand: the largest zoom-out is at least 1 (1 = off), got "
+                        f"{cfg.max_expand}")
+    cfg.lr_decay_epochs  # parses, raising UserError on bad text
     gpus = parse_gpus(cfg.gpus)
     if gpus and cfg.cpu_contexts != 1:
-        raise ConfigError("--cpu-contexts is for CPU runs; do not combine it with --gpus")
+        raise UserError("--cpu-contexts is for CPU runs; do not combine it with --gpus")
     num_devices = len(gpus) or cfg.cpu_contexts
     if cfg.batch_size < num_devices:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of devices "
-                          f"({num_devices}); every device needs at least one image")
-    if amp_dtype(cfg) == 'bfloat16':
-        try:
-            check_bf16_support('--amp')
-        except RuntimeError as exc:
-            raise ConfigError(str(exc)) from None
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the number of devices "
+                        f"({num_devices}); every device needs at least one image")
+    if cfg.amp_dtype == 'bfloat16':
+        check_bf16_support('--amp')
     if cfg.kvstore not in ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async',
                            'nccl'):
-        raise ConfigError(f"--kvstore: unknown kvstore {cfg.kvstore!r}")
+        raise UserError(f"--kvstore: unknown kvstore {cfg.kvstore!r}")
     if cfg.horovod and cfg.kvstore.startswith('dist'):
-        raise ConfigError("--horovod and --kvstore dist_* are alternatives; pick one")
+        raise UserError("--horovod and --kvstore dist_* are alternatives; pick one")
     if cfg.resume and not os.path.exists(cfg.resume):
-        raise ConfigError(f"--resume: {cfg.resume} does not exist")
+        raise UserError(f"--resume: {cfg.resume} does not exist")
     return cfg

@@ -8,24 +8,17 @@ per-image loss terms are normalised across devices with NDArray ops
 for the device only every ``log_interval`` batches (to log the loss and check it is finite) and
 at the end of the epoch.
 
-Determinism: the shuffling of epoch ``e`` and the augmentation of item ``i`` in epoch ``e`` are
-seeded from ``(seed, e, i)`` (see :class:`SeededItems`), whichever worker process runs them, so a
-run resumed from its checkpoint ends with exactly the parameters of an uninterrupted run (CPU,
-same ``OMP_NUM_THREADS``: MKL-DNN's reductions depend on the thread count). Worker *processes*
-are required for that (each has its own global RNG); never use ``thread_pool`` loaders here.
+A run is set up in explicit steps (:func:`open_data`, :func:`build_net`, :func:`build_graph`,
+:func:`build_loaders`, :func:`build_evaluator`, :func:`build_trainer`) that :class:`Run` calls
+in order and tests call one by one. Data: :mod:`gluon_ssd.data.build` (deterministic batches, so
+a resumed run ends with exactly the parameters of an uninterrupted one on the same CPU thread
+count); validation: :mod:`gluon_ssd.evaluate`; run-directory files: :mod:`gluon_ssd.rundir`.
 
 Distributed (``--kvstore dist_sync|dist_device_sync``, started with :mod:`gluon_ssd.launch`):
-every worker trains on its shard (:func:`gluon_ssd.distributed.shard_indices`), gradients are
-averaged over the global batch (``trainer.step(global_batch_size(1, kv))``), rank 0 alone
-validates and writes the run directory. ``--horovod`` uses Horovod's ``DistributedTrainer``.
-
-Run directory (``cfg.out_dir``): ``config.json``, ``train.log``, ``metrics.jsonl`` (one JSON
-object per epoch), ``last.{params,states,json}`` (every epoch, atomic), ``best.params`` (best
-validation mAP), ``epoch_XXXX.params`` (every ``save_interval`` epochs), ``curves.png`` and
-``detections.png``.
+every worker trains on its shard, gradients are averaged over the global batch
+(``trainer.step(global_batch_size(1, kv))``), rank 0 alone validates and writes the run
+directory. ``--horovod`` uses Horovod's ``DistributedTrainer``.
 """
-import json
-import logging
 import math
 import os
 import random
@@ -37,26 +30,28 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_ssd import checkpoint as ckpt
-from gluon_ssd.config import ConfigError, amp_dtype, model_name, parse_gpus
+from gluon_ssd import rundir
+from gluon_ssd.data.build import max_objects_of, open_datasets, train_loader
+from gluon_ssd.devices import make_contexts
 from gluon_ssd.distributed import (create_kvstore, global_batch_size, is_distributed,
-                                   shard_indices, worker_info)
+                                   worker_info)
+from gluon_ssd.errors import EXIT_DIVERGED, UserError
+from gluon_ssd.evaluate import Evaluator
 from gluon_ssd.loss import SSDMultiBoxLoss
-from gluon_ssd.metrics import make_metric
+from gluon_ssd.model.io import RUN_META, finite_detections, input_transform, make_meta, save_meta
+from gluon_ssd.model.zoo import get_model, model_name
 from gluon_ssd.precision import PrecisionMixin
+from gluon_ssd.rundir import LOG
 from gluon_ssd.target import SSDTargetGenerator
 
-__all__ = ['TrainGraph', 'TrainingDiverged', 'SeededItems', 'EpochBatchSampler', 'train',
-           'build_contexts', 'build_datasets', 'build_loaders', 'build_net', 'learning_rate',
-           'forward_losses', 'evaluate', 'pad_label', 'MEAN', 'STD']
-
-LOG = logging.getLogger('gluon_ssd.train')
-MEAN = (0.485, 0.456, 0.406)   # ImageNet statistics used by the SSD transforms (0-1 RGB)
-STD = (0.229, 0.224, 0.225)
-_DEFAULT_MAX_OBJECTS = 100      # label padding when the dataset cannot list its labels cheaply
+__all__ = ['TrainGraph', 'TrainingDiverged', 'Run', 'train', 'run_model_name', 'open_data',
+           'build_net', 'build_graph', 'build_transforms', 'build_loaders', 'build_evaluator',
+           'build_trainer', 'label_rows', 'learning_rate', 'forward_losses']
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is left untouched."""
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the last good checkpoint is left untouched (exit code 3)."""
+    exit_code = EXIT_DIVERGED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,228 +106,23 @@ def forward_losses(graph, normalizer, datas, labels):
 
 
 # ----------------------------------------------------------------------------------------------
-# data: deterministic per-item augmentation, epoch-seeded batches, fixed label padding
+# the set-up steps of a run
 # ----------------------------------------------------------------------------------------------
-def _item_seed(seed, epoch, index):
-    return (int(seed) * 1000003 + int(epoch) * 7919 + int(index) * 104729) % (2 ** 31 - 1)
+def run_model_name(cfg):
+    """The zoo preset a configuration trains (``--network``, ``--data-shape``, ``--dataset``)."""
+    return model_name(cfg.network, cfg.data_shape, cfg.dataset)
 
 
-def pad_label(label, max_objects):
-    """(M, K) label -> (max_objects, K) float32, extra rows -1; raises if M > max_objects."""
-    label = np.asarray(label, dtype=np.float32)
-    if label.ndim != 2:
-        label = label.reshape(-1, 6)
-    if label.shape[0] > max_objects:
-        raise ValueError(f"an image has {label.shape[0]} objects, more than --max-objects "
-                         f"{max_objects}; raise --max-objects")
-    out = np.full((max_objects, label.shape[1]), -1, dtype=np.float32)
-    out[:label.shape[0]] = label
-    return out
-
-
-class SeededItems(gluon.data.Dataset):
-    """Training items whose augmentation depends only on ``(seed, epoch, index)``.
-
-    ``key = epoch * len(dataset) + index`` (as produced by :class:`EpochBatchSampler`). Before
-    calling ``transform(image, label)``, Python's and NumPy's global RNGs are seeded from
-    ``(seed, epoch, index)``: the result is the same in any worker process, in any order.
-    Items: ``(image (3, H, W) float32, label (max_objects, 6) float32 padded with -1)``.
-    """
-
-    def __init__(self, dataset, transform, seed, max_objects):
-        self._dataset = dataset
-        self._transform = transform
-        self._seed = seed
-        self._max_objects = max_objects
-
-    def __len__(self):
-        return len(self._dataset)
-
-    def __getitem__(self, key):
-        epoch, index = divmod(int(key), len(self._dataset))
-        item_seed = _item_seed(self._seed, epoch, index)
-        random.seed(item_seed)
-        np.random.seed(item_seed)
-        img, label = self._transform(*self._dataset[index])
-        return img, pad_label(label, self._max_objects)
-
-
-class EpochBatchSampler(gluon.data.Sampler):
-    """Fixed-size batches of keys ``epoch * n + index``, shuffled per ``(seed, epoch)``.
-
-    Each worker of a distributed run takes its shard (:func:`gluon_ssd.distributed.shard_indices`);
-    the incomplete last batch is dropped so every batch has the same shape. Call
-    :meth:`set_epoch` before iterating.
-    """
-
-    def __init__(self, n, batch_size, seed, rank=0, num_workers=1):
-        self._n, self._batch_size, self._seed = n, batch_size, seed
-        self._rank, self._num_workers = rank, num_workers
-        self._epoch = 0
-
-    def set_epoch(self, epoch):
-        """Select the permutation of ``epoch``."""
-        self._epoch = int(epoch)
-
-    def _indices(self):
-        return shard_indices(self._n, self._rank, self._num_workers, seed=self._seed,
-                             epoch=self._epoch, remainder='pad')
-
-    def __iter__(self):
-        keys = self._indices() + self._epoch * self._n
-        for start in range(0, len(self) * self._batch_size, self._batch_size):
-            yield keys[start:start + self._batch_size].tolist()
-
-    def __len__(self):
-        return len(self._indices()) // self._batch_size
-
-
-class _Transformed(gluon.data.Dataset):
-    """``dataset`` with ``transform(image, label)`` applied (validation: no randomness)."""
-
-    def __init__(self, dataset, transform):
-        self._dataset, self._transform = dataset, transform
-
-    def __len__(self):
-        return len(self._dataset)
-
-    def __getitem__(self, index):
-        return self._transform(*self._dataset[index])
-
-
-class _Subset(gluon.data.Dataset):
-    """The first ``n`` items of ``dataset`` (keeps ``classes`` and ``label()``)."""
-
-    def __init__(self, dataset, n):
-        self._dataset, self._n = dataset, min(n, len(dataset))
-        self.classes = dataset.classes
-
-    def __len__(self):
-        return self._n
-
-    def __getitem__(self, index):
-        if index >= self._n:
-            raise IndexError(index)
-        return self._dataset[index]
-
-    def label(self, index):
-        """Label of item ``index`` (delegated)."""
-        return self._dataset.label(index)
-
-
-def _splits(text, root):
-    """``'2007_trainval,2012_trainval'`` -> VOCdevkit pairs; ``'train'`` -> ``['train']``."""
-    single = os.path.isdir(os.path.join(root, 'Annotations'))
-    out = []
-    for part in (p.strip() for p in text.split(',') if p.strip()):
-        year, _, name = part.partition('_')
-        out.append((int(year), name) if (not single and year.isdigit() and name) else part)
-    return out
-
-
-def build_datasets(cfg):
-    """``(train_dataset, val_dataset, classes)``: raw items ``(image HWC uint8, label (M, 6))``.
-
-    Raises :class:`ConfigError` for dataset problems the user can fix (paths, splits).
-    """
-    try:
-        train, val = _open_datasets(cfg)
-    except (OSError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"--dataset {cfg.dataset}: {exc}") from exc
-    if cfg.num_train:
-        train = _Subset(train, cfg.num_train)
-    if cfg.num_val:
-        val = _Subset(val, cfg.num_val)
-    if len(train) == 0 or len(val) == 0:
-        raise ConfigError(f"--dataset {cfg.dataset}: empty training or validation set")
-    return train, val, list(train.classes)
-
-
-def _open_datasets(cfg):
-    """Dispatch on ``--dataset``; splits as in :data:`gluon_ssd.config.DEFAULT_SPLITS`."""
-    from gluon_ssd.data.voc import VOCDetection
-    root = os.path.expanduser(cfg.dataset_root) if cfg.dataset_root else None
-    if cfg.dataset == 'synthetic':
-        from gluon_ssd.data.synthetic import synthetic_voc
-        sizes = {'num_train': cfg.num_train or 1000, 'num_val': cfg.num_val or 200}
-        root = synthetic_voc(root=root, **sizes)
-    if cfg.dataset in ('synthetic', 'voc'):
-        train = VOCDetection(root, _splits(cfg.train_split, root))
-        val = VOCDetection(root, _splits(cfg.val_split, root), classes=train.classes)
-        return train, val
-    if cfg.dataset == 'coco':
-        from gluon_ssd.data.coco import COCODetection
-
-        def coco(split, skip_empty):
-            ann = os.path.join(root, 'annotations', split + '.json')
-            return COCODetection(ann, os.path.join(root, split.split('_')[-1]),
-                                 skip_empty=skip_empty)
-        return coco(cfg.train_split, True), coco(cfg.val_split, False)
-    from gluon_ssd.data.recordio import RecordDetection
-    train = RecordDetection(os.path.join(root, cfg.train_split))
-    return train, RecordDetection(os.path.join(root, cfg.val_split), classes=train.classes)
-
-
-def max_objects_of(dataset):
-    """Most objects in any image of ``dataset`` (via its cheap ``label(i)``), else a default."""
-    if not hasattr(dataset, 'label'):
-        return _DEFAULT_MAX_OBJECTS
-    return max(1, max(dataset.label(i).shape[0] for i in range(len(dataset))))
-
-
-def _transforms(size, max_expand=4):
-    """``(train_transform, val_transform)`` for square ``size`` inputs: ``(image, label) ->
-    (image (3, size, size) float32 normalised, label (M, 6) pixels of the input)``."""
-    from gluon_ssd.data.transforms import SSDTrainTransform, SSDValTransform
-    return (SSDTrainTransform(size, size, mean=MEAN, std=STD, max_expand=max_expand),
-            SSDValTransform(size, size, mean=MEAN, std=STD))
-
-
-def label_rows(cfg, train_ds):
-    """Fixed label padding ``M`` of the training batches: ``--max-objects`` or the dataset's
-    most objects per image."""
-    return cfg.max_objects or max_objects_of(train_ds)
-
-
-def build_loaders(cfg, train_ds, val_ds, rank=0, num_workers=1):
-    """``(train_loader, train_sampler, val_loader)`` for the configuration."""
-    from gluon_ssd.data.transforms import detection_batchify
-    train_tf, val_tf = _transforms(cfg.data_shape, cfg.max_expand)
-    max_objects = label_rows(cfg, train_ds)
-    items = SeededItems(train_ds, train_tf, cfg.seed, max_objects)
-    sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, num_workers)
-    if len(sampler) == 0:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than this worker's "
-                          f"{len(train_ds) // num_workers} training images")
-    from gluoncv.data.batchify import Stack, Tuple
-    train_loader = gluon.data.DataLoader(
-        items, batch_sampler=sampler, batchify_fn=Tuple(Stack(), Stack()),
-        num_workers=cfg.num_workers)
-    val_loader = gluon.data.DataLoader(
-        _Transformed(val_ds, val_tf), batch_size=cfg.batch_size, shuffle=False,
-        last_batch='keep', batchify_fn=detection_batchify, num_workers=cfg.num_workers)
-    return train_loader, sampler, val_loader
-
-
-# ----------------------------------------------------------------------------------------------
-# model, contexts, optimisation
-# ----------------------------------------------------------------------------------------------
-def build_contexts(cfg):
-    """List of ``mx.Context``: the GPUs of ``--gpus``, else ``--cpu-contexts`` CPU contexts."""
-    gpus = parse_gpus(cfg.gpus)
-    if gpus:
-        return [mx.gpu(i) for i in gpus]
-    return [mx.cpu(i) for i in range(cfg.cpu_contexts)]
+def open_data(cfg):
+    """``(train_dataset, val_dataset, classes)`` of raw items (see :mod:`gluon_ssd.data.build`)."""
+    return open_datasets(cfg.dataset, cfg.dataset_root, cfg.train_split, cfg.val_split,
+                         cfg.num_train, cfg.num_val)
 
 
 def build_net(cfg, classes, ctx):
-    """The SSD network for ``cfg.network``/``cfg.data_shape`` with ``classes``, initialised on
-    ``ctx`` (list of contexts)."""
-    from gluon_ssd.model.zoo import get_model
-    net = get_model(model_name(cfg.network, cfg.data_shape), classes=classes,
-                    pretrained_base=False, init=cfg.init, decoder=cfg.decoder)
+    """The SSD of :func:`run_model_name` with ``classes``, initialised on ``ctx`` (a list)."""
+    net = get_model(run_model_name(cfg), classes=classes, pretrained_base=False, init=cfg.init,
+                    decoder=cfg.decoder)
     with _quiet_init():
         net.initialize(ctx=ctx)
     net.collect_params().reset_ctx(ctx)
@@ -352,6 +142,51 @@ class _quiet_init:
         return self._ctx.__exit__(*exc)
 
 
+def label_rows(cfg, train_ds):
+    """Fixed label padding ``M`` of the training batches: ``--max-objects`` or the dataset's
+    most objects per image."""
+    return cfg.max_objects or max_objects_of(train_ds)
+
+
+def build_graph(cfg, net, max_objects):
+    """``(graph, normalizer)``: the hybridized :class:`TrainGraph` and the cross-device loss
+    normaliser. The label padding ``max_objects`` lets the target generator trace its fast
+    bipartite step."""
+    normalizer = SSDMultiBoxLoss(normalization=cfg.loss_norm)
+    graph = TrainGraph(net, SSDTargetGenerator(max_objects=max_objects), normalizer.terms)
+    if cfg.amp_dtype == 'bfloat16':   # the training graph and the validation graph
+        graph.set_precision('bfloat16')
+        net.set_precision('bfloat16')
+    graph.hybridize(static_alloc=True, static_shape=True)
+    return graph, normalizer
+
+
+def build_transforms(cfg):
+    """``(train_transform, val_transform)`` of the run: ``(image, label) -> (image (3, S, S)
+    float32 normalised with the preset's mean/std, label (M, 6) pixels of the input)``."""
+    from gluon_ssd.data.transforms import SSDTrainTransform
+    meta = make_meta(run_model_name(cfg), [])
+    size = meta['data_shape']
+    train_tf = SSDTrainTransform(size, size, mean=tuple(meta['mean']), std=tuple(meta['std']),
+                                 max_expand=cfg.max_expand)
+    return train_tf, input_transform(meta)
+
+
+def build_loaders(cfg, train_ds, max_objects, rank=0, world_size=1):
+    """``(train_loader, sampler)`` of this worker's augmented, padded training batches."""
+    train_tf, _ = build_transforms(cfg)
+    return train_loader(train_ds, train_tf, cfg.batch_size, cfg.seed, max_objects,
+                        cfg.num_workers, rank, world_size)
+
+
+def build_evaluator(cfg, val_ds, classes):
+    """Validation of the run: VOC07 mAP, and COCO AP too when training on COCO."""
+    kinds = ('voc07', 'coco') if cfg.dataset == 'coco' else ('voc07',)
+    _, val_tf = build_transforms(cfg)
+    return Evaluator(val_ds, val_tf, cfg.data_shape, classes, kinds, cfg.batch_size,
+                     cfg.num_workers)
+
+
 def learning_rate(cfg, epoch):
     """Learning rate at fractional ``epoch`` (``e + batch / batches``): linear warm-up over
     ``warmup_epochs``, then ``step`` (times ``lr_decay`` at each ``--lr-decay-epoch``) or
@@ -366,7 +201,8 @@ def learning_rate(cfg, epoch):
     return cfg.lr * cfg.lr_decay ** passed
 
 
-def _make_trainer(cfg, net, kv, hvd):
+def build_trainer(cfg, net, kv, hvd=None):
+    """The ``gluon.Trainer`` (Horovod's ``DistributedTrainer`` with ``hvd``) of the run."""
     opts = {'learning_rate': cfg.lr, 'wd': cfg.wd}
     if cfg.optimizer == 'sgd':
         opts['momentum'] = cfg.momentum
@@ -376,135 +212,49 @@ def _make_trainer(cfg, net, kv, hvd):
         return hvd.DistributedTrainer(params, cfg.optimizer, opts)
     # Local updates (also for dist_*: gradients are summed across workers, states stay local
     # and can be checkpointed).
-    update_on_kv = False if (amp_dtype(cfg) == 'float16' or is_distributed(kv)) else None
-    return gluon.Trainer(params, cfg.optimizer, opts, kvstore=kv, update_on_kvstore=update_on_kv)
+    update_on_kv = False if (cfg.amp_dtype == 'float16' or is_distributed(kv)) else None
+    trainer = gluon.Trainer(params, cfg.optimizer, opts, kvstore=kv, update_on_kvstore=update_on_kv)
+    if cfg.amp_dtype == 'float16':
+        from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
+        amp.init_trainer(trainer)
+    return trainer
 
 
 def _import_horovod():
     try:
         import horovod.mxnet as hvd  # pylint: disable=import-outside-toplevel
     except ImportError:
-        raise ConfigError("--horovod needs Horovod built with MXNet support: install it with "
-                          "HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 pip install --no-binary "
-                          "horovod horovod (or use --kvstore dist_sync)") from None
+        raise UserError("--horovod needs Horovod built with MXNet support: install it with "
+                        "HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 pip install --no-binary "
+                        "horovod horovod (or use --kvstore dist_sync)") from None
     hvd.init()
     return hvd
 
 
 # ----------------------------------------------------------------------------------------------
-# evaluation and pictures
+# pictures
 # ----------------------------------------------------------------------------------------------
-def _finite_detections(ids, scores, bboxes):
-    """Numpy ``(ids (B,K), scores (B,K), bboxes (B,K,4))`` with non-finite boxes (an exploded
-    box regression) turned into padding rows (id -1)."""
-    ids, scores, bboxes = (a.asnumpy() for a in (ids, scores, bboxes))
-    bad = ~np.isfinite(bboxes).all(axis=-1)
-    ids, scores = ids.reshape(bad.shape), scores.reshape(bad.shape)
-    ids[bad], scores[bad], bboxes[bad] = -1, 0, 0
-    return ids, scores, bboxes
-
-
-def evaluate(net, loader, ctx, classes, kind='voc07'):
-    """mAP summary dict (see :meth:`gluon_ssd.metrics.VOCEvaluator.summary`) of ``net`` in
-    inference mode on ``loader`` batches ``(data (B,3,H,W), label (B,M,6) padded -1)``."""
-    metric = make_metric(kind, classes)
-    for data, label in loader:
-        datas = gluon.utils.split_and_load(data, ctx, even_split=False)
-        for x, y in zip(datas, gluon.utils.split_and_load(label, ctx, even_split=False)):
-            ids, scores, bboxes = _finite_detections(*net(x))
-            y = y.asnumpy()
-            metric.update(bboxes, ids, scores, y[:, :, :4], y[:, :, 4],
-                          y[:, :, 5] if y.shape[-1] > 5 else None)
-    return metric.summary()
-
-
-def _denormalize(img):
+def _denormalize(img, mean, std):
     """(3, H, W) normalised float -> (H, W, 3) uint8 RGB."""
-    arr = img.asnumpy().transpose(1, 2, 0) * np.array(STD) + np.array(MEAN)
+    arr = img.asnumpy().transpose(1, 2, 0) * np.array(std) + np.array(mean)
     return np.clip(arr * 255, 0, 255).astype(np.uint8)
 
 
-def save_detection_picture(net, val_ds, cfg, classes, ctx, path):
-    """``detections.png``: the first ``num_samples_viz`` validation images with predictions
-    (solid) and ground truth (dashed)."""
+def save_detection_picture(net, meta, val_ds, count, ctx, path):
+    """``detections.png``: the first ``count`` validation images with predictions (solid) and
+    ground truth (dashed)."""
     from gluon_ssd.viz import save_detections_grid
-    _, val_tf = _transforms(cfg.data_shape)
+    transform = input_transform(meta)
     images, dets, gts = [], [], []
-    for i in range(min(cfg.num_samples_viz, len(val_ds))):
-        img, label = val_tf(*val_ds[i])
-        ids, scores, bboxes = _finite_detections(*net(img.expand_dims(0).as_in_context(ctx)))
-        keep = ids[0] >= 0
-        dets.append((bboxes[0][keep], scores[0][keep], ids[0][keep]))
-        images.append(_denormalize(img))
+    for i in range(min(count, len(val_ds))):
+        img, label = transform(*val_ds[i])
+        ids, scores, bboxes = (a.asnumpy() for a in net(img.expand_dims(0).as_in_context(ctx)))
+        finite_detections(ids, scores, bboxes)
+        keep = ids[0, :, 0] >= 0
+        dets.append((bboxes[0][keep], scores[0, :, 0][keep], ids[0, :, 0][keep]))
+        images.append(_denormalize(img, meta['mean'], meta['std']))
         gts.append(np.asarray(label))
-    save_detections_grid(images, dets, gts, classes, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# run directory
-# ----------------------------------------------------------------------------------------------
-def _setup_logging(run_dir, rank):
-    """Log to the console and, for rank 0, to ``<run_dir>/train.log``. Returns the handlers."""
-    LOG.setLevel(logging.INFO)
-    LOG.propagate = False
-    handlers = [logging.StreamHandler()]
-    if rank == 0:
-        handlers.append(logging.FileHandler(os.path.join(run_dir, 'train.log')))
-    fmt = logging.Formatter('%(asctime)s %(message)s' if rank == 0 else
-                            f'%(asctime)s [worker {rank}] %(message)s')
-    for h in handlers:
-        h.setFormatter(fmt)
-        LOG.addHandler(h)
-    return handlers
-
-
-def _read_metrics(path, before_epoch):
-    """Records of ``metrics.jsonl`` before ``before_epoch`` (a resumed run redoes the rest)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get('epoch', 0) < before_epoch]
-
-
-def _write_metrics(path, records):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            for r in records:
-                f.write(json.dumps(r) + '\n')
-    ckpt.atomic_write(path, write)
-
-
-def _resume_source(resume):
-    """``(run_dir, name, is_full_checkpoint)`` for ``--resume`` (run dir or a .params file)."""
-    if os.path.isdir(resume):
-        return resume, 'last', True
-    run_dir, fname = os.path.split(os.path.abspath(resume))
-    name = fname[:-len('.params')] if fname.endswith('.params') else fname
-    return run_dir, name, os.path.isfile(os.path.join(run_dir, name + '.json'))
-
-
-def _load_resume(cfg, classes):
-    """Checkpoint state for ``--resume`` (or ``None``); checks it matches this run."""
-    if not cfg.resume:
-        return None
-    run_dir, name, full = _resume_source(cfg.resume)
-    if not full:
-        return {'epoch': cfg.start_epoch, 'params': cfg.resume, 'states': None, 'best_map': None}
-    try:
-        state, paths = ckpt.load_checkpoint_state(run_dir, name)
-    except ckpt.CheckpointError as exc:
-        raise ConfigError(f"--resume: {exc}") from None
-    if list(state.get('classes', [])) != list(classes):
-        raise ConfigError(f"--resume: checkpoint classes {state.get('classes')} differ from the "
-                          f"dataset's {classes}")
-    for key in ('network', 'data_shape'):
-        if state.get(key) != getattr(cfg, key):
-            raise ConfigError(f"--resume: checkpoint {key} {state.get(key)!r} differs from "
-                              f"--{key.replace('_', '-')} {getattr(cfg, key)!r}")
-    state['params'] = paths['params']
-    state['states'] = paths['states'] if os.path.isfile(paths['states']) else None
-    return state
+    save_detections_grid(images, dets, gts, meta['classes'], path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,14 +272,16 @@ def _check_finite(value, where, run_dir):
                                f"in {run_dir} is untouched (try a lower --lr)")
 
 
-class _Run:
-    """State of one training run (built by :func:`train`)."""
+class Run:
+    """State of one training run: :meth:`setup` (the steps above, in order), then
+    :meth:`train_epoch` / :meth:`end_epoch` per epoch, :meth:`finish`, :meth:`close`."""
 
-    def __init__(self, cfg, ctx, hooks):
+    def __init__(self, cfg, ctx, hooks=None):
         self.cfg, self.ctx, self.hooks = cfg, ctx, hooks or {}
         self.kv = None
         self.hvd = None
         self.rank, self.num_workers = 0, 1
+        self.log_handlers = []
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self):
@@ -537,55 +289,52 @@ class _Run:
         if cfg.horovod:
             self.hvd = _import_horovod()
             self.rank, self.num_workers = self.hvd.rank(), self.hvd.size()
-            self.ctx = [mx.gpu(self.hvd.local_rank())] if parse_gpus(cfg.gpus) else [mx.cpu()]
-        self.train_ds, self.val_ds, self.classes = build_datasets(cfg)
-        self.resume_state = _load_resume(cfg, self.classes)
+            self.ctx = [mx.gpu(self.hvd.local_rank())] if cfg.gpus else [mx.cpu()]
+        self.train_ds, self.val_ds, self.classes = open_data(cfg)
+        self.meta = make_meta(run_model_name(cfg), self.classes, cfg.decoder)
+        self.resume_state = rundir.load_resume_state(cfg, self.classes)
         if self.resume_state and cfg.out_dir is None:
-            cfg.out_dir = _resume_source(cfg.resume)[0]
-        if amp_dtype(cfg) == 'float16':
+            cfg.out_dir = rundir.resume_source(cfg.resume)[0]
+        if cfg.amp_dtype == 'float16':
             from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
             amp.init()
-        if cfg.kvstore.startswith('dist'):
-            try:
-                self.kv = create_kvstore(cfg.kvstore)
-            except RuntimeError as exc:
-                raise ConfigError(f"--kvstore {cfg.kvstore}: {exc}") from None
-            self.rank, self.num_workers = worker_info(self.kv)
-        else:
-            self.kv = cfg.kvstore
+        self._setup_kvstore()
         self.is_chief = self.rank == 0
         self.run_dir = cfg.out_dir
         os.makedirs(self.run_dir, exist_ok=True)
-        self.log_handlers = _setup_logging(self.run_dir, self.rank)
+        self.log_handlers = rundir.setup_logging(self.run_dir, self.rank)
         _seed_everything(cfg.seed)
         self.net = build_net(cfg, self.classes, self.ctx)
-        self.normalizer = SSDMultiBoxLoss(normalization=cfg.loss_norm)
-        # the label padding lets the target generator trace its fast bipartite step
-        target_generator = SSDTargetGenerator(max_objects=label_rows(cfg, self.train_ds))
-        self.graph = TrainGraph(self.net, target_generator, self.normalizer.terms)
-        if amp_dtype(cfg) == 'bfloat16':  # the training graph and the validation graph
-            self.graph.set_precision('bfloat16')
-            self.net.set_precision('bfloat16')
-        self.graph.hybridize(static_alloc=True, static_shape=True)
-        self.train_loader, self.sampler, self.val_loader = build_loaders(
-            cfg, self.train_ds, self.val_ds, self.rank, self.num_workers)
-        self.trainer = _make_trainer(cfg, self.net, self.kv, self.hvd)
-        if amp_dtype(cfg) == 'float16':
-            from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
-            amp.init_trainer(self.trainer)
+        max_objects = label_rows(cfg, self.train_ds)
+        self.graph, self.normalizer = build_graph(cfg, self.net, max_objects)
+        self.train_loader, self.sampler = build_loaders(cfg, self.train_ds, max_objects,
+                                                        self.rank, self.num_workers)
+        self.evaluator = build_evaluator(cfg, self.val_ds, self.classes)
+        self.trainer = build_trainer(cfg, self.net, self.kv, self.hvd)
         self.step_scale = global_batch_size(1, self.kv)
         self.start_epoch, self.best_map = 0, None
         if self.resume_state:
             self._restore()
         self.metrics_path = os.path.join(self.run_dir, 'metrics.jsonl')
-        self.records = _read_metrics(self.metrics_path, self.start_epoch)
+        self.records = rundir.read_metrics(self.metrics_path, self.start_epoch)
         if self.is_chief:
-            with open(os.path.join(self.run_dir, 'config.json'), 'w') as f:
-                json.dump(dict(cfg.to_dict(), classes=self.classes), f, indent=1)
-        LOG.info('network %s, %d classes, %d train / %d val images, contexts %s, epochs %d-%d, '
-                 'precision %s', model_name(cfg.network, cfg.data_shape), len(self.classes),
-                 len(self.train_ds), len(self.val_ds), self.ctx, self.start_epoch, cfg.epochs - 1,
-                 amp_dtype(cfg) or 'float32')
+            rundir.write_config(self.run_dir, cfg.to_dict(), self.classes)
+            save_meta(self.meta, os.path.join(self.run_dir, RUN_META))
+        LOG.info('model %s, %d classes, %d train / %d val images, contexts %s, epochs %d-%d, '
+                 'precision %s', self.meta['model'], len(self.classes), len(self.train_ds),
+                 len(self.val_ds), self.ctx, self.start_epoch, cfg.epochs - 1,
+                 cfg.amp_dtype or 'float32')
+
+    def _setup_kvstore(self):
+        cfg = self.cfg
+        if cfg.kvstore.startswith('dist'):
+            try:
+                self.kv = create_kvstore(cfg.kvstore)
+            except RuntimeError as exc:
+                raise UserError(f"--kvstore {cfg.kvstore}: {exc}") from None
+            self.rank, self.num_workers = worker_info(self.kv)
+        else:
+            self.kv = cfg.kvstore
 
     def _restore(self):
         state = self.resume_state
@@ -630,7 +379,7 @@ class _Run:
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
         with autograd.record():
             sum_l, cls_l, box_l = forward_losses(self.graph, self.normalizer, datas, labels)
-            if amp_dtype(self.cfg) == 'float16':  # loss scaling (bfloat16 needs none)
+            if self.cfg.amp_dtype == 'float16':  # loss scaling (bfloat16 needs none)
                 from mxnet.contrib import amp  # pylint: disable=import-outside-toplevel
                 with amp.scale_loss(sum_l, self.trainer) as scaled:
                     autograd.backward(scaled)
@@ -659,16 +408,18 @@ class _Run:
         last = epoch == cfg.epochs - 1
         self._check_params_finite(epoch)
         if self.is_chief and ((epoch + 1) % cfg.val_interval == 0 or last):
-            summary = evaluate(self.net, self.val_loader, self.ctx, self.classes)
-            record['map'] = summary['map']
-        LOG.info('[epoch %d] lr %.5f loss %.4f (cls %.4f, box %.4f) %.1f img/s%s', epoch,
+            summaries = self.evaluator(self.net, self.ctx)
+            record['map'] = summaries['voc07']['map']
+            if 'coco' in summaries:
+                record['coco_ap'] = summaries['coco']['map']
+        LOG.info('[epoch %d] lr %.5f loss %.4f (cls %.4f, box %.4f) %.1f img/s%s%s', epoch,
                  record['lr'], record['loss'], record['cls_loss'], record['box_loss'],
-                 record['img_per_s'], f" mAP {record['map']:.4f}" if 'map' in record
-                 and record['map'] is not None else '')
+                 record['img_per_s'], _fmt_metric(' mAP', record.get('map')),
+                 _fmt_metric(' COCO AP', record.get('coco_ap')))
         if not self.is_chief:
             return
         self.records.append(record)
-        _write_metrics(self.metrics_path, self.records)
+        rundir.write_metrics(self.metrics_path, self.records)
         self._save(epoch, record)
 
     def _check_params_finite(self, epoch):
@@ -694,6 +445,7 @@ class _Run:
             self.hooks['after_save'](epoch)
 
     def finish(self):
+        """Pictures and ``best.params``; returns the run's summary (see :func:`train`)."""
         if self.is_chief:
             best = os.path.join(self.run_dir, 'best.params')
             if not os.path.isfile(best):
@@ -702,15 +454,24 @@ class _Run:
                 from gluon_ssd.viz import plot_curves
                 plot_curves(self.records, os.path.join(self.run_dir, 'curves.png'),
                             title=f'{self.cfg.network} on {self.cfg.dataset}')
-            save_detection_picture(self.net, self.val_ds, self.cfg, self.classes, self.ctx[0],
-                                   os.path.join(self.run_dir, 'detections.png'))
-        return {'run_dir': self.run_dir, 'best_map': self.best_map,
-                'records': list(self.records), 'classes': self.classes}
+            save_detection_picture(self.net, self.meta, self.val_ds, self.cfg.num_samples_viz,
+                                   self.ctx[0], os.path.join(self.run_dir, 'detections.png'))
+        validated = [r for r in self.records if r.get('map') is not None]
+        final = validated[-1] if validated and validated[-1]['epoch'] == self.cfg.epochs - 1 \
+            else None
+        best = max(validated, key=lambda r: r['map'], default=None)
+        return {'run_dir': self.run_dir, 'final_map': final and final['map'],
+                'final_coco_ap': final and final.get('coco_ap'),
+                'best_map': self.best_map, 'best_epoch': best and best['epoch'],
+                'records': list(self.records), 'classes': self.classes,
+                'model': self.meta['model']}
 
     def close(self):
-        for h in getattr(self, 'log_handlers', []):
-            LOG.removeHandler(h)
-            h.close()
+        rundir.close_logging(self.log_handlers)
+
+
+def _fmt_metric(label, value):
+    return f'{label} {value:.4f}' if value is not None else ''
 
 
 def _progress(total, epoch, disable):
@@ -728,10 +489,12 @@ def train(cfg, ctx=None, hooks=None):
     hooks : optional dict of callables for tests/extensions: ``after_batch(epoch, batch)``,
         ``after_save(epoch)``.
 
-    Returns ``{'run_dir', 'best_map', 'records', 'classes'}``. Raises :class:`ConfigError`
-    (bad configuration, before training starts) or :class:`TrainingDiverged` (NaN loss).
+    Returns ``{'run_dir', 'model', 'final_map' (the last epoch's VOC07 mAP: the headline),
+    'final_coco_ap', 'best_map', 'best_epoch', 'records', 'classes'}``. Raises
+    :class:`~gluon_ssd.errors.UserError` (bad configuration or data, before training starts) or
+    :class:`TrainingDiverged` (NaN loss).
     """
-    run = _Run(cfg, ctx or build_contexts(cfg), hooks)
+    run = Run(cfg, ctx or make_contexts(cfg.gpus, cfg.cpu_contexts))
     try:
         run.setup()
         for epoch in range(run.start_epoch, cfg.epochs):

@@ -13,10 +13,9 @@ Writes
 
 The exported graph
 ------------------
-Input ``'data'``: ``(B, 3, S, S)`` float32, RGB, ``S = --data-shape`` (tiny_ssd: 256), pixel
-values scaled to 0-1 then normalised with mean ``(0.485, 0.456, 0.406)`` and std
-``(0.229, 0.224, 0.225)``: what :class:`gluon_ssd.data.transforms.SSDValTransform` produces.
-Any batch size ``B`` works.
+Input ``'data'``: ``(B, 3, S, S)`` float32, RGB, ``S`` the model's input size, pixel values
+scaled to 0-1 then normalised with the model's ``mean`` and ``std`` (both in the meta file): what
+:func:`gluon_ssd.model.io.input_transform` produces. Any batch size ``B`` works.
 
 Outputs (in this order):
 
@@ -37,7 +36,8 @@ import json
 import os
 import sys
 
-from gluon_ssd.predict import CLIError, add_model_args, fail, model_from_args
+from gluon_ssd.cli import add_model_args, model_from_args
+from gluon_ssd.errors import UserError, fail
 
 __all__ = ['export_model', 'export_meta', 'build_parser', 'main']
 
@@ -46,14 +46,15 @@ INPUT_NAME = 'data'
 
 
 def export_meta(info, net):
-    """JSON-ready description of an exported SSD (classes, input, normalisation, outputs)."""
-    from gluon_ssd.engine import MEAN, STD
+    """JSON-ready description of an exported SSD (classes, input, normalisation, outputs);
+    ``info`` is the model's meta (:func:`gluon_ssd.model.io.load_model`)."""
     size = int(info['data_shape'])
     return {
         'model': info['model'], 'network': info['network'], 'classes': list(info['classes']),
+        'data_shape': size, 'mean': list(info['mean']), 'std': list(info['std']),
         'input': {'name': INPUT_NAME, 'shape': ['B', 3, size, size], 'dtype': 'float32',
-                  'layout': 'NCHW', 'color': 'RGB', 'scale': 1.0 / 255, 'mean': list(MEAN),
-                  'std': list(STD)},
+                  'layout': 'NCHW', 'color': 'RGB', 'scale': 1.0 / 255,
+                  'mean': list(info['mean']), 'std': list(info['std'])},
         'outputs': [
             {'name': 'ids', 'shape': ['B', net.post_nms, 1],
              'meaning': 'class id 0..C-1, -1 = padding'},
@@ -67,7 +68,7 @@ def export_meta(info, net):
 
 def export_model(net, info, prefix):
     """Export ``net`` (an SSD with weights loaded) to ``prefix``; returns ``{'symbol', 'params',
-    'meta'}`` file paths. Raises :class:`CLIError` if the files cannot be written."""
+    'meta'}`` file paths. Raises :class:`UserError` if the files cannot be written."""
     parent = os.path.dirname(os.path.abspath(prefix))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -76,7 +77,7 @@ def export_model(net, info, prefix):
         with open(meta, 'w') as f:
             json.dump(export_meta(info, net), f, indent=1)
     except OSError as exc:
-        raise CLIError(f"--out {prefix}: cannot write ({exc.strerror or exc})") from None
+        raise UserError(f"--out {prefix}: cannot write ({exc.strerror or exc})") from None
     return {'symbol': symbol, 'params': params, 'meta': meta}
 
 
@@ -94,9 +95,11 @@ def main(argv=None):
     """Parse flags, export, print the written files as JSON. Returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        if not args.out.strip() or os.path.basename(args.out) in ('', '.', '..'):
+            raise UserError(f"--out {args.out!r}: give a file prefix such as deploy/tiny_ssd")
         net, info = model_from_args(args)
         files = export_model(net, info, args.out)
-    except CLIError as exc:
+    except UserError as exc:
         return fail(PROG, exc)
     sys.stdout.write(json.dumps(dict(files, input_name=INPUT_NAME,
                                      input_shape=[1, 3, info['data_shape'], info['data_shape']]),

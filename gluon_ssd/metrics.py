@@ -32,6 +32,9 @@ __all__ = ['make_metric', 'VOCEvaluator', 'COCOEvaluator', 'cls_eval', 'bbox_eva
 
 METRIC_KINDS = ('voc07', 'voc', 'coco')
 COCO_STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
+#: The 12 numbers of ``COCOeval.summarize()``: AP@[.50:.95], AP@.50, AP@.75, AP small / medium /
+#: large, AR with 1 / 10 / 100 detections per image, AR small / medium / large (100 detections).
+COCO_STATS_12 = COCO_STAT_NAMES + ('AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,10 +410,13 @@ class COCOEvaluator:
         return names, stats + self._per_class_ap(ev) + [stats[0]]
 
     def summary(self):
-        """JSON-ready dict: ``map`` (AP@[.50:.95]), the six COCO stats, ``ap`` per class."""
+        """JSON-ready dict: ``map`` (AP@[.50:.95]), the six AP stats at the top level, ``stats``
+        (all 12 numbers COCOeval prints, :data:`COCO_STATS_12` order), ``ap`` per class."""
         names, values = self.get()
         out = {'kind': 'coco', 'num_images': self.num_images, 'map': _nan_to_none(values[-1])}
         out.update({n: _nan_to_none(v) for n, v in zip(names[:6], values[:6])})
+        out['stats'] = {n: _nan_to_none(float('nan') if s < 0 else float(s))
+                        for n, s in zip(COCO_STATS_12, self._coco_eval.stats)}
         out['ap'] = {n: _nan_to_none(v) for n, v in zip(names[6:-1], values[6:-1])}
         return out
 

@@ -27,6 +27,8 @@ import warnings
 
 import mxnet as mx
 
+from gluon_ssd.errors import UserError
+
 __all__ = ['to_bfloat16', 'PrecisionMixin', 'PRECISIONS', 'cpu_bf16_support',
            'check_bf16_support']
 
@@ -119,11 +121,12 @@ def cpu_bf16_support(cpuinfo='/proc/cpuinfo'):
 
 
 def check_bf16_support(flag='--amp'):
-    """Raise ``RuntimeError`` naming ``flag`` when this CPU cannot run bfloat16 convolutions;
+    """Raise :class:`~gluon_ssd.errors.UserError` naming ``flag`` when this CPU cannot run
+    bfloat16 convolutions;
     warn when it can only emulate them."""
     support = cpu_bf16_support()
     if support is None:
-        raise RuntimeError(f"{flag}: bfloat16 on CPU needs AVX-512 (MKL-DNN has no bfloat16 "
+        raise UserError(f"{flag}: bfloat16 on CPU needs AVX-512 (MKL-DNN has no bfloat16 "
                            f"convolution without it); this CPU has none, run without {flag}")
     if support == 'emulated':
         warnings.warn(f"{flag}: this CPU has no AVX512-BF16/AMX; MKL-DNN emulates bfloat16, "

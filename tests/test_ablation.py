@@ -53,11 +53,12 @@ def test_write_outputs(tmp_path):
                                                                          'effects'}
 
 
-def test_bad_flags(tmp_path):
-    with pytest.raises(SystemExit):
-        ablation.main(['--norms', 'batch,nope', '--out-dir', str(tmp_path)])
-    with pytest.raises(SystemExit):
-        ablation.main(['--dataset', 'voc'])
+def test_bad_flags(tmp_path, capsys):
+    assert ablation.main(['--norms', 'batch,nope', '--out-dir', str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("--norms: expected a comma-separated subset "
+                                                    "of batch, sample, got 'batch,nope'")
+    assert ablation.main(['--dataset', 'voc']) == 2
+    assert '--dataset-root' in capsys.readouterr().err
 
 
 @pytest.mark.slow

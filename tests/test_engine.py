@@ -10,9 +10,11 @@ from mxnet import autograd
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import engine
-from gluon_ssd.config import (ConfigError, TrainConfig, fill_defaults, model_name, parse_config,
-                              validate)
+from gluon_ssd.config import TrainConfig, fill_defaults, parse_config, validate
+from gluon_ssd.data.build import EpochBatchSampler, SeededItems, pad_label
+from gluon_ssd.errors import UserError
 from gluon_ssd.loss import SSDMultiBoxLoss
+from gluon_ssd.model.zoo import model_name
 from gluon_ssd.target import SSDTargetGenerator
 
 
@@ -22,15 +24,13 @@ def tiny_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic')
     cfg = parse_config(['--num-train', '16', '--num-val', '8', '-j', '0', '--batch-size', '8',
                         '--dataset-root', str(root), '--out-dir', str(root / 'run')])
-    train_ds, val_ds, classes = engine.build_datasets(cfg)
+    # the engine's own set-up steps, as engine.Run.setup calls them
+    train_ds, val_ds, classes = engine.open_data(cfg)
     mx.random.seed(0)
     net = engine.build_net(cfg, classes, [mx.cpu(0), mx.cpu(1)])
-    normalizer = SSDMultiBoxLoss(normalization='batch')
-    # as the engine builds it: the label padding known, so the fast bipartite step is traced
-    target_generator = SSDTargetGenerator(max_objects=engine.label_rows(cfg, train_ds))
-    graph = engine.TrainGraph(net, target_generator, normalizer.terms)
-    graph.hybridize(static_alloc=True, static_shape=True)
-    loader, sampler, _ = engine.build_loaders(cfg, train_ds, val_ds)
+    max_objects = engine.label_rows(cfg, train_ds)
+    graph, normalizer = engine.build_graph(cfg, net, max_objects)
+    loader, sampler = engine.build_loaders(cfg, train_ds, max_objects)
     sampler.set_epoch(0)
     data, label = next(iter(loader))
     return {'cfg': cfg, 'net': net, 'graph': graph, 'normalizer': normalizer, 'classes': classes,
@@ -82,8 +82,8 @@ def test_two_contexts_normalise_over_all_positives(tiny_setup):
 
 def test_seeded_items_independent_of_order(tiny_setup):
     s = tiny_setup
-    tf, _ = engine._transforms(256)
-    items = engine.SeededItems(s['train_ds'], tf, seed=7, max_objects=8)
+    tf, _ = engine.build_transforms(s['cfg'])
+    items = SeededItems(s['train_ds'], tf, seed=7, max_objects=8)
     n = len(items)
     keys = [3, n + 3, 5, 2 * n + 1]
     forward = [items[k] for k in keys]
@@ -96,7 +96,7 @@ def test_seeded_items_independent_of_order(tiny_setup):
 
 
 def test_epoch_batch_sampler():
-    sampler = engine.EpochBatchSampler(10, 4, seed=1)
+    sampler = EpochBatchSampler(10, 4, seed=1)
     sampler.set_epoch(0)
     first = list(sampler)
     assert len(first) == len(sampler) == 2 and all(len(b) == 4 for b in first)
@@ -105,7 +105,7 @@ def test_epoch_batch_sampler():
     assert all(10 <= k < 20 for b in second for k in b)
     sampler.set_epoch(0)
     assert list(sampler) == first
-    shards = [engine.EpochBatchSampler(10, 2, seed=1, rank=r, num_workers=2) for r in (0, 1)]
+    shards = [EpochBatchSampler(10, 2, seed=1, rank=r, num_workers=2) for r in (0, 1)]
     for sh in shards:
         sh.set_epoch(0)
     keys = [k for sh in shards for b in sh for k in b]
@@ -113,10 +113,10 @@ def test_epoch_batch_sampler():
 
 
 def test_pad_label():
-    out = engine.pad_label(np.ones((2, 6), np.float32), 4)
+    out = pad_label(np.ones((2, 6), np.float32), 4)
     assert out.shape == (4, 6) and (out[2:] == -1).all() and (out[:2] == 1).all()
     with pytest.raises(ValueError, match='--max-objects'):
-        engine.pad_label(np.ones((5, 6), np.float32), 4)
+        pad_label(np.ones((5, 6), np.float32), 4)
 
 
 def test_learning_rate_schedule():
@@ -179,7 +179,7 @@ def test_rng_state_roundtrip():
     (['--resume', '/nonexistent/run'], '--resume'),
 ])
 def test_bad_configuration_messages(argv, flag):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         parse_config(argv + ['--out-dir', 'unused'])
     message = str(err.value)
     assert flag in message and '\n' not in message
@@ -194,3 +194,44 @@ def test_defaults_come_from_network_preset():
     assert (vgg.data_shape, vgg.lr, vgg.lr_decay_epochs) == (300, 0.001, [160, 200])
     assert parse_config(['--lr', '0.5', '--out-dir', 'x']).lr == 0.5
     assert validate(cfg) is cfg
+
+
+@pytest.mark.parametrize('argv, flag', [
+    (['--lr', 'nan'], '--lr'), (['--lr', 'inf'], '--lr'), (['--wd', 'nan'], '--wd'),
+    (['--momentum', '5'], '--momentum'), (['--seed', '-1'], '--seed'),
+    (['--max-expand', '0.5'], '--max-expand'), (['--gpus', 'x'], '--gpus'),
+])
+def test_numeric_flags_reject_nan_inf_and_nonsense(argv, flag):
+    with pytest.raises(UserError) as err:
+        parse_config(argv + ['--out-dir', 'unused'])
+    assert flag in str(err.value)
+
+
+@pytest.mark.parametrize('network, shape, dataset, name', [
+    ('vgg16_atrous', 300, 'coco', 'ssd_300_vgg16_atrous_coco'),
+    ('vgg16_atrous', 512, 'coco', 'ssd_512_vgg16_atrous_coco'),
+    ('resnet50_v1', 512, 'coco', 'ssd_512_resnet50_v1_coco'),
+    ('mobilenet1.0', 512, 'coco', 'ssd_512_mobilenet1.0_coco'),
+    ('vgg16_atrous', 300, 'voc', 'ssd_300_vgg16_atrous_voc'),
+    ('vgg16_atrous', 300, 'synthetic', 'ssd_300_vgg16_atrous_voc'),
+    ('tiny_ssd', 256, 'coco', 'tiny_ssd'),
+])
+def test_training_takes_the_datasets_preset(network, shape, dataset, name, tmp_path):
+    """Bug: --dataset coco --network vgg16_atrous trained with VOC's anchor sizes (30, 60, ...)
+    instead of GluonCV's COCO preset (21, 45, ...)."""
+    root = [] if dataset == 'synthetic' else ['--dataset-root', str(tmp_path)]
+    cfg = parse_config(['--network', network, '--data-shape', str(shape), '--dataset', dataset,
+                        '--out-dir', 'x'] + root)
+    assert engine.run_model_name(cfg) == name
+
+
+def test_coco_run_builds_the_coco_anchors(tmp_path):
+    from gluon_ssd.model.zoo import anchor_sizes, get_preset
+    cfg = parse_config(['--network', 'vgg16_atrous', '--dataset', 'coco', '--dataset-root',
+                        str(tmp_path), '--out-dir', 'x'])
+    net = engine.build_net(cfg, ['a', 'b'], [mx.cpu()])
+    with autograd.train_mode():
+        _, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))
+    first = anchors[0, 0].asnumpy()            # (cx, cy, w, h) of the first anchor, pixels
+    assert first[2] == pytest.approx(21) and anchor_sizes(get_preset(
+        'ssd_300_vgg16_atrous_coco'))[0][0] == 21

@@ -19,6 +19,10 @@ from PIL import Image
 from gluon_ssd import eval as ssd_eval
 from gluon_ssd import export as ssd_export
 from gluon_ssd import predict as ssd_predict
+from gluon_ssd.errors import UserError
+from gluon_ssd.evaluate import evaluate
+from gluon_ssd.model.io import (input_transform, load_model, make_meta, map_boxes_to_original,
+                                save_meta)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ['ellipse', 'rectangle', 'triangle', 'cross', 'ring', 'star']
@@ -65,11 +69,11 @@ def work(tmp_path_factory):
 # box mapping
 # ----------------------------------------------------------------------------------------------
 def test_map_boxes_to_original_inverts_the_resize():
-    boxes = ssd_predict.map_boxes_to_original([[64, 32, 128, 256], [-5, -5, 300, 300]],
+    boxes = map_boxes_to_original([[64, 32, 128, 256], [-5, -5, 300, 300]],
                                               input_size=(256, 256), orig_size=(512, 128))
     np.testing.assert_allclose(boxes[0], [128, 16, 256, 127])       # y clipped to H - 1
     np.testing.assert_allclose(boxes[1], [0, 0, 511, 127])          # clipped to the image
-    unclipped = ssd_predict.map_boxes_to_original([[-5, 0, 10, 10]], (100, 50), (200, 200),
+    unclipped = map_boxes_to_original([[-5, 0, 10, 10]], (100, 50), (200, 200),
                                                   clip=False)
     np.testing.assert_allclose(unclipped[0], [-10, 0, 20, 40])
 
@@ -96,13 +100,19 @@ def test_detect_maps_known_objects_back_to_original_pixels():
     for x0, y0, x1, y1, _, _ in objects.astype(int):
         img[y0:y1 + 1, x0:x1 + 1] = 255
     image = mx.nd.array(img, dtype=np.uint8)
-    _, net_label = ssd_predict.val_transform(256)(image, objects)
+    meta = make_meta('tiny_ssd', ['a', 'b'])
+    _, net_label = input_transform(meta)(image, objects)
     np.testing.assert_allclose(net_label[0, :4], [20 * 256 / 300, 30 * 256 / 180,
                                                   119 * 256 / 300, 89 * 256 / 180], rtol=1e-5)
     net = _FixedBoxNet(net_label[:, :4], [0, 1])
-    boxes, scores, ids = ssd_predict.detect(net, image, 256)
+    boxes, scores, ids = ssd_predict.detect(net, meta, image)
     np.testing.assert_allclose(boxes, objects[:, :4], atol=1e-3)
     assert ids.tolist() == [0, 1] and scores[0] > scores[1]
+    # the Python entry takes a numpy HWC uint8 image (or gray, or RGBA) and a file path too
+    for same in (img, img[:, :, 0], np.dstack([img, np.full((h, w), 255, np.uint8)])):
+        np.testing.assert_array_equal(ssd_predict.detect(net, meta, same)[0], boxes)
+    with pytest.raises(UserError, match='uint8'):
+        ssd_predict.detect(net, meta, img.astype(np.float32) * 300)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,13 +207,17 @@ def test_evaluate_dataset_gives_map_1_for_ground_truth_detections(work):
     """VOC metrics in input pixels and COCO in original pixels both see perfect boxes."""
     from gluon_ssd.data import VOCDetection
     dataset = VOCDetection(work['voc'], ['val'], classes=SHAPES)
-    transform = ssd_predict.val_transform(256)
+    meta = make_meta('tiny_ssd', SHAPES)
+    transform = input_transform(meta)
     labels = [transform(*dataset[i])[1] for i in range(len(dataset))]
     assert sum(len(lb) for lb in labels) > 0
-    results = ssd_eval.evaluate_dataset(_OracleNet(labels), 256, dataset, ['voc07', 'voc', 'coco'],
-                                        SHAPES, batch_size=3)
+    results = evaluate(_OracleNet(labels), meta, dataset, ['voc07', 'voc', 'coco'], batch_size=3)
     for kind in ('voc07', 'voc', 'coco'):
         assert results[kind]['map'] == pytest.approx(1.0), kind
+    stats = results['coco']['stats']            # all 12 COCOeval numbers
+    assert list(stats) == ['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100',
+                           'ARs', 'ARm', 'ARl']
+    assert stats['AP'] == pytest.approx(1.0) and stats['AR100'] == pytest.approx(1.0)
 
 
 class _DivergedNet:
@@ -219,10 +233,11 @@ class _DivergedNet:
 def test_non_finite_detections_are_ignored_not_fatal(work):
     from gluon_ssd.data import VOCDetection
     dataset = VOCDetection(work['voc'], ['val'], classes=SHAPES)
-    results = ssd_eval.evaluate_dataset(_DivergedNet(), 256, dataset, ['voc07', 'coco'], SHAPES)
+    meta = make_meta('tiny_ssd', SHAPES)
+    results = evaluate(_DivergedNet(), meta, dataset, ['voc07', 'coco'])
     assert results['voc07']['non_finite_detections'] == 5 * len(dataset)
     assert results['voc07']['map'] == 0.0 and results['coco']['map'] == 0.0
-    boxes, scores, ids = ssd_predict.detect(_DivergedNet(), dataset[0][0], 256)
+    boxes, scores, ids = ssd_predict.detect(_DivergedNet(), meta, dataset[0][0])
     assert boxes.shape == (0, 4) and scores.shape == (0,) and ids.shape == (0,)
 
 
@@ -266,7 +281,7 @@ def test_export_round_trip_gives_identical_detections(work, tmp_path, capsys):
     # no --data-shape and no run directory: the network preset's default input size
     assert meta['classes'] == SHAPES and meta['input']['shape'] == ['B', 3, 128, 128]
     imported = mx.gluon.SymbolBlock.imports(files['symbol'], ['data'], files['params'])
-    net, _ = ssd_predict.load_trained(work['params'], classes=SHAPES)
+    net, _ = load_model(work['params'], classes=SHAPES)
     x = mx.nd.random.normal(shape=(2, 3, 256, 256), ctx=mx.cpu())
     for ours, theirs in zip(net(x), imported(x)):
         assert ours.shape == theirs.shape
@@ -286,11 +301,21 @@ def _bad_cases(work):
         'wrong number of classes': (ssd_eval, ['--params', work['params'], '--classes', 'a,b',
                                                '--dataset', 'voc', '--dataset-root', work['voc'],
                                                '--val-split', 'val'], 'tiny6.params'),
-        'classes flag vs params': (ssd_predict, [work['wide'], '--params', work['params'],
-                                                    '--classes', 'a,b'], '6-class'),
+        'classes flag vs model': (ssd_predict, [work['wide'], '--run-dir', work['run_dir'],
+                                                '--classes', 'a,b'], 'trained for 6 classes'),
         'params of another network': (ssd_predict, [work['wide'], '--params', work['params'],
                                                     '--classes', classes, '--network',
-                                                    'mobilenet1.0'], 'does not fit'),
+                                                    'mobilenet1.0'], 'do not fit'),
+        'network flag vs model': (ssd_export, ['--run-dir', work['run_dir'], '--network',
+                                               'vgg16_atrous', '--out', 'x'], '--network'),
+        'bare params without classes': (ssd_predict, [work['wide'], '--params', work['params']],
+                                        '--classes is required'),
+        'empty folder': (ssd_predict, [str(work['root'] / 'run'), '--params', work['params'],
+                                       '--classes', classes], 'no image files'),
+        'gpu on the cpu wheel': (ssd_predict, [work['wide'], '--params', work['params'],
+                                               '--classes', classes, '--gpus', '0'], '--gpus 0'),
+        'empty export prefix': (ssd_export, ['--run-dir', work['run_dir'], '--out', ''],
+                                '--out'),
         'missing image': (ssd_predict, ['missing.jpg', '--params', work['params'],
                                         '--classes', classes], 'missing.jpg'),
         'corrupt image': (ssd_predict, [work['corrupt'], '--params', work['params'],
@@ -306,7 +331,9 @@ def _bad_cases(work):
 
 
 @pytest.mark.parametrize('case', ['missing params', 'corrupt params', 'wrong number of classes',
-                                  'classes flag vs params', 'params of another network',
+                                  'classes flag vs model', 'params of another network',
+                                  'network flag vs model', 'bare params without classes',
+                                  'empty folder', 'gpu on the cpu wheel', 'empty export prefix',
                                   'missing image', 'corrupt image', 'unknown network',
                                   'bad data shape', 'missing run dir', 'bad metric'])
 def test_bad_input_exits_2_with_one_line(work, case, capsys, tmp_path, monkeypatch):
@@ -330,8 +357,8 @@ def test_eval_ssd_script_reports_a_missing_params_file(tmp_path):
 
 
 def test_amp_loads_a_bfloat16_inference_net(work, capsys):
-    net32, _ = ssd_predict.load_trained(params=work['params'], classes=SHAPES)
-    net16, _ = ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True)
+    net32, _ = load_model(params=work['params'], classes=SHAPES)
+    net16, _ = load_model(params=work['params'], classes=SHAPES, amp=True)
     assert (net32.precision, net16.precision) == ('float32', 'bfloat16')
     x = mx.nd.array(np.random.RandomState(0).normal(0, 1, (1, 3, 256, 256)))
     scores32, scores16 = net32(x)[1].asnumpy(), net16(x)[1].asnumpy()
@@ -339,12 +366,49 @@ def test_amp_loads_a_bfloat16_inference_net(work, capsys):
     assert 'amp_cast' in net16._cached_graph[1].tojson(remove_amp_cast=False)
     assert 'amp_cast' not in net32._cached_graph[1].tojson(remove_amp_cast=False)
     np.testing.assert_allclose(scores16[0, :10], scores32[0, :10], atol=2e-2)
-    with pytest.raises(ssd_predict.CLIError, match='--amp'):
-        ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True,
-                                 ctx=[mx.gpu(0)])
-    with pytest.raises(ssd_predict.CLIError, match='hybridize'):
-        ssd_predict.load_trained(params=work['params'], classes=SHAPES, amp=True,
-                                 hybridize=False)
+    with pytest.raises(UserError, match='--amp'):
+        load_model(params=work['params'], classes=SHAPES, amp=True, ctx=[mx.gpu(0)])
+    with pytest.raises(UserError, match='hybridize'):
+        load_model(params=work['params'], classes=SHAPES, amp=True, hybridize=False)
     rc = ssd_eval.main(['--params', work['params'], '--dataset', 'voc', '--dataset-root',
                         work['voc'], '--val-split', 'val', '--metrics', 'voc07', '--amp'])
     assert rc == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the model's meta file and folders of images
+# ----------------------------------------------------------------------------------------------
+def test_meta_file_travels_with_the_weights(work, tmp_path):
+    """A .params file with its <stem>.meta.json loads without any flag: network, input size,
+    classes and normalisation come from the meta file, never from guessing."""
+    params = _save_tiny(tmp_path / 'model.params', ['cat', 'dog'])
+    meta = make_meta('tiny_ssd', ['cat', 'dog'])
+    assert (meta['network'], meta['data_shape']) == ('tiny_ssd', 256)
+    assert meta['mean'] == [0.485, 0.456, 0.406] and meta['std'] == [0.229, 0.224, 0.225]
+    save_meta(meta, str(tmp_path / 'model.meta.json'))
+    net, loaded = load_model(params=params)
+    assert (loaded['model'], loaded['classes'], loaded['data_shape']) == \
+        ('tiny_ssd', ['cat', 'dog'], 256)
+    with pytest.raises(UserError, match='--data-shape 128 contradicts'):
+        load_model(params=params, data_shape=128)
+    renamed = load_model(params=params, classes=['kitten', 'puppy'])[1]
+    assert renamed['classes'] == ['kitten', 'puppy']
+
+
+def test_predict_a_folder_predicts_every_image_in_it(work, capsys):
+    folder = Path(work['wide']).parent
+    rc = ssd_predict.main([str(folder / 'wide.png'), str(folder / 'tall.jpg'), '--run-dir',
+                           work['run_dir'], '--out-dir', ''])
+    assert rc == 0
+    files = json.loads(capsys.readouterr().out)
+    tmp_folder = work['root'] / 'good_images'
+    tmp_folder.mkdir(exist_ok=True)
+    for name in ('wide.png', 'tall.jpg'):
+        (tmp_folder / name).write_bytes((folder / name).read_bytes())
+    (tmp_folder / 'notes.txt').write_text('not an image')
+    rc = ssd_predict.main([str(tmp_folder), '--run-dir', work['run_dir'], '--out-dir', ''])
+    assert rc == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [Path(r['image']).name for r in records] == ['tall.jpg', 'wide.png']   # sorted
+    by_name = {Path(r['image']).name: r['detections'] for r in files}
+    assert [r['detections'] for r in records] == [by_name['tall.jpg'], by_name['wide.png']]

@@ -192,9 +192,10 @@ def test_cpu_bf16_support_from_flags(flags, support, tmp_path):
 
 def test_amp_without_avx512_is_a_configuration_error(monkeypatch):
     from gluon_ssd import precision
-    from gluon_ssd.config import ConfigError, parse_config
+    from gluon_ssd.config import parse_config
+    from gluon_ssd.errors import UserError
     monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: None)
-    with pytest.raises(ConfigError, match='AVX-512'):
+    with pytest.raises(UserError, match='AVX-512'):
         parse_config(['--amp', '--out-dir', 'unused'])
     monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: 'emulated')
     with pytest.warns(UserWarning, match='emulates bfloat16'):

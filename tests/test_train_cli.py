@@ -18,11 +18,12 @@ import pytest
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import engine
-from gluon_ssd.config import ConfigError, parse_config
+from gluon_ssd.config import RESUME_MUTABLE, parse_config
+from gluon_ssd.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / 'train_ssd.py')
-RUN_FILES = ('config.json', 'train.log', 'metrics.jsonl', 'best.params', 'last.params',
+RUN_FILES = ('config.json', 'model.json', 'train.log', 'metrics.jsonl', 'best.params', 'last.params',
              'last.states', 'last.json', 'curves.png', 'detections.png')
 
 
@@ -105,7 +106,7 @@ def test_resume_with_different_classes_is_refused(data_root, tmp_path):
                          {'epoch': 1, 'classes': ['cat', 'dog'], 'network': 'tiny_ssd',
                           'data_shape': 256})
     cfg = parse_config(_small_args(data_root, tmp_path / 'new', '--resume', str(tmp_path)))
-    with pytest.raises(ConfigError, match='--resume: checkpoint classes'):
+    with pytest.raises(UserError, match='--resume: checkpoint classes'):
         engine.train(cfg)
 
 
@@ -126,17 +127,23 @@ def test_run_directory_and_metrics(baseline):
     state = json.loads((out / 'last.json').read_text())
     assert state['epoch'] == 6 and state['classes'] == baseline['result']['classes']
     assert json.loads((out / 'config.json').read_text())['network'] == 'tiny_ssd'
+    meta = json.loads((out / 'model.json').read_text())
+    assert (meta['model'], meta['data_shape'], meta['classes']) == \
+        ('tiny_ssd', 256, baseline['result']['classes'])
+    result = baseline['result']
+    assert result['final_map'] == records[-1]['map']           # the headline: the last epoch
+    assert result['best_map'] == max(r['map'] for r in records)
+    assert records[result['best_epoch']]['map'] == result['best_map']
 
 
 @pytest.mark.slow
 def test_training_improves_map_over_untrained(baseline, data_root):
     cfg = parse_config(_small_args(data_root, baseline['out'] / 'unused'))
-    train_ds, val_ds, classes = engine.build_datasets(cfg)
-    _, _, val_loader = engine.build_loaders(cfg, train_ds, val_ds)
+    _, val_ds, classes = engine.open_data(cfg)
     mx.random.seed(cfg.seed)
     untrained = engine.build_net(cfg, classes, [mx.cpu()])
-    before = engine.evaluate(untrained, val_loader, [mx.cpu()], classes)['map'] or 0.0
-    after = baseline['result']['best_map']
+    before = engine.build_evaluator(cfg, val_ds, classes)(untrained, [mx.cpu()])['voc07']['map']
+    after = baseline['result']['final_map']
     assert after > before, (before, after)
 
 
@@ -170,12 +177,51 @@ def test_resume_after_kill_equals_uninterrupted(baseline, data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_restores_the_run_configuration(baseline):
+    """Bug: --resume RUN used train_ssd.py's defaults (1000 images, 4 workers...) instead of the
+    run's settings and overwrote its config.json."""
+    cfg = parse_config(['--resume', str(baseline['out'])])
+    saved = json.loads((baseline['out'] / 'config.json').read_text())
+    for key in ('num_train', 'num_val', 'num_workers', 'data_shape', 'batch_size', 'seed',
+                'val_split', 'dataset_root', 'lr', 'epochs'):
+        assert getattr(cfg, key) == saved[key], key
+    assert (cfg.num_train, cfg.num_workers, cfg.data_shape) == (16, 0, 256)
+    assert cfg.out_dir == str(baseline['out'])
+    assert cfg.history[-1]['changes'] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flag, value', [('--num-train', '1000'), ('--lr', '0.1'),
+                                         ('--data-shape', '128'), ('--dataset', 'voc'),
+                                         ('--seed', '4'), ('--out-dir', '/tmp/elsewhere')])
+def test_resume_refuses_a_flag_that_contradicts_the_run(baseline, flag, value):
+    with pytest.raises(UserError) as err:
+        parse_config(['--resume', str(baseline['out']), flag, value])
+    assert flag in str(err.value) and '\n' not in str(err.value)
+
+
+@pytest.mark.slow
+def test_resume_records_accepted_changes_in_config_json(baseline, tmp_path):
+    run = tmp_path / 'longer'
+    shutil.copytree(baseline['out'], run)
+    assert 'epochs' in RESUME_MUTABLE and 'num_workers' in RESUME_MUTABLE
+    cfg = parse_config(['--resume', str(run), '--epochs', '7', '-j', '0', '--seed', '3'])
+    assert cfg.history[-1]['changes'] == {'epochs': [6, 7]}   # -j 0, --seed 3: unchanged
+    result = engine.train(cfg)
+    assert [r['epoch'] for r in result['records']] == list(range(7))
+    saved = json.loads((run / 'config.json').read_text())
+    assert saved['epochs'] == 7 and saved['num_train'] == 16
+    assert saved['history'][-1]['changes'] == {'epochs': [6, 7]}
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(baseline, data_root, tmp_path):
     run = tmp_path / 'nan'
     shutil.copytree(baseline['out'], run)
     before = {n: _md5(run / n) for n in ('last.params', 'last.states', 'last.json', 'best.params')}
-    cfg = parse_config(_small_args(data_root, run, '--resume', str(run), '--epochs', '8',
-                                   '--lr', '1e12', '--log-interval', '1'))
+    saved = json.loads((run / 'config.json').read_text())   # --resume keeps the run's --lr
+    (run / 'config.json').write_text(json.dumps(dict(saved, lr=1e12)))
+    cfg = parse_config(['--resume', str(run), '--epochs', '8', '--log-interval', '1'])
     with pytest.raises(engine.TrainingDiverged, match='last good checkpoint'):
         engine.train(cfg)
     assert {n: _md5(run / n) for n in before} == before
@@ -219,6 +265,23 @@ def test_voc_folder_raccoon(shared_data, tmp_path):
     assert len(records) == 2 and all(np.isfinite(r['loss']) for r in records)
     assert records[-1]['loss'] < records[0]['loss']
     assert (tmp_path / 'raccoon' / 'detections.png').is_file()
+
+
+@pytest.mark.slow
+def test_coco_training_validates_with_coco_ap(shared_data, tmp_path, capsys):
+    """A COCO run trains the COCO preset and reports COCO AP beside VOC07 mAP every validation."""
+    out = tmp_path / 'coco'
+    argv = ['--dataset', 'coco', '--dataset-root', str(shared_data / 'coco128'),
+            '--train-split', 'instances_train2017', '--val-split', 'instances_train2017',
+            '--num-train', '8', '--num-val', '4', '--batch-size', '4', '--epochs', '1', '-j', '0',
+            '--no-progress', '--num-samples-viz', '1', '--out-dir', str(out)]
+    assert _load_script().main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'final COCO AP' in printed and 'final VOC07 mAP' in printed
+    (record,) = _records(out)
+    assert 0.0 <= record['coco_ap'] <= 1.0 and 0.0 <= record['map'] <= 1.0
+    assert 'COCO AP' in (out / 'train.log').read_text()
+    assert json.loads((out / 'model.json').read_text())['classes'][0] == 'person'
 
 
 @pytest.mark.slow

@@ -23,12 +23,13 @@ import mxnet as mx
 import numpy as np
 from PIL import Image, ImageFile
 
+from gluon_ssd.errors import UserError
+
 __all__ = ["DatasetError", "ImageDecodeError", "DatasetWarning", "SkipCounter", "decode_image",
            "image_size", "clean_boxes", "empty_label"]
 
 
-
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file is missing or malformed; the message names the file and the problem."""
 
 

@@ -13,13 +13,10 @@ from gluoncv.data.transforms import experimental
 from gluoncv.data.transforms import image as timage
 
 from gluon_ssd.data import augment
+from gluon_ssd.model.backbones import IMAGENET_MEAN, IMAGENET_STD  # the one definition
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSDTrainTransform", "SSDValTransform", "PadLabels",
            "batchify_fn", "detection_batchify", "target_batchify_fn"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _as_label(label):
     label = np.asarray(label, dtype=np.float32)

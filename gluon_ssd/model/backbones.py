@@ -49,9 +49,15 @@ VGG_EXTRA_LAYERS = {
           [(128, 1, 1, 0), (256, 4, 1, 1)]],  # 2 -> 1
 }
 
+#: Input normalisation (RGB, 0-1 pixels) the ImageNet-trained bases expect: images enter every
+#: network as ``(x / 255 - mean) / std``. The zoo presets carry these values and the model's
+#: meta file records them; nothing else defines them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: Per-channel input rescale of the VGG base: the caffe-trained weights expect 0-255 pixels,
 #: while our transforms feed (x / 255 - mean) / std, so the network multiplies by std * 255.
-VGG_INPUT_SCALE = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+VGG_INPUT_SCALE = tuple(s * 255 for s in IMAGENET_STD)
 
 #: GluonCV backbones cut into two feature maps: ``cuts`` are the end indices (exclusive) of the
 #: two slices of ``net.features`` (ResNet50-v1: end of stage3 / stage4; MobileNet1.0: the

@@ -8,21 +8,28 @@ A preset is a dict:
   presets; layer k uses ``(s_k, sqrt(s_k * s_{k+1}))``) or ``rel_sizes`` (per layer, the ratio-1
   sizes as fractions of ``data_size``, as d2l's TinySSD);
 * ``ratios``: per layer aspect ratios; ``steps``: per layer anchor spacing in pixels;
-* ``classes``: key of ``classes.CLASS_SETS`` (the default class names).
+* ``classes``: key of ``classes.CLASS_SETS`` (the default class names);
+* ``mean`` / ``std``: the input normalisation, ``(x / 255 - mean) / std`` per RGB channel.
 
 The GluonCV presets copy the numbers of GluonCV 0.10.5 so that the anchors are identical.
+:data:`NETWORKS` and :func:`model_name` are the one place that turns train_ssd.py's
+``--network/--data-shape/--dataset`` into a preset name.
 """
 import copy
 
 from gluon_ssd.anchors import ssd_sizes
-from gluon_ssd.model.backbones import get_backbone
+from gluon_ssd.errors import UserError
+from gluon_ssd.model.backbones import IMAGENET_MEAN, IMAGENET_STD, get_backbone
 from gluon_ssd.model.classes import CLASS_SETS
 from gluon_ssd.model.ssd import SSD
 
-__all__ = ['PRESETS', 'list_models', 'get_preset', 'anchor_sizes', 'get_model']
+__all__ = ['PRESETS', 'NETWORKS', 'list_models', 'get_model_list', 'get_preset', 'anchor_sizes',
+           'model_name', 'get_model']
 
 _R3 = [1, 2, 0.5]
 _R5 = [1, 2, 0.5, 3, 1.0 / 3]
+
+_IMAGENET = {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
 
 _VGG300 = {'base': 'vgg16_atrous_300', 'data_size': 300,
            'ratios': [_R3] + [_R5] * 3 + [_R3] * 2,
@@ -43,7 +50,7 @@ _TINY = {'base': 'tiny_ssd_base',
          'classes': 'object'}
 
 #: Model name -> preset (see the module docstring for the keys).
-PRESETS = {
+_PRESETS = {
     'ssd_300_vgg16_atrous_voc': dict(_VGG300, classes='voc',
                                      min_max_sizes=[30, 60, 111, 162, 213, 264, 315]),
     'ssd_300_vgg16_atrous_coco': dict(_VGG300, classes='coco',
@@ -61,11 +68,49 @@ PRESETS = {
     # anchors): about 3x faster per image, the default of train_ssd.py on CPU.
     'tiny_ssd_128': dict(_TINY, data_size=128, steps=[8, 16, 32, 64, 128]),
 }
+PRESETS = {name: dict(preset, **_IMAGENET) for name, preset in _PRESETS.items()}
+
+#: train_ssd.py's ``--network`` -> the input sizes it has presets for (first = default) and
+#: whether its presets exist per dataset (``ssd_<size>_<network>_{voc,coco}``: the COCO presets
+#: have other anchor sizes) or once (tiny_ssd: 256 px is d2l's model, others ``tiny_ssd_<size>``).
+NETWORKS = {
+    'tiny_ssd': {'data_shapes': (128, 256), 'per_dataset': False},
+    'vgg16_atrous': {'data_shapes': (300, 512), 'per_dataset': True},
+    'resnet50_v1': {'data_shapes': (512,), 'per_dataset': True},
+    'mobilenet1.0': {'data_shapes': (512,), 'per_dataset': True},
+}
 
 
 def list_models():
     """Names accepted by :func:`get_model` (sorted list of str)."""
     return sorted(PRESETS)
+
+
+def get_model_list():
+    """GluonCV's name for :func:`list_models` (every name :func:`get_model` accepts)."""
+    return list_models()
+
+
+def model_name(network, data_shape=None, dataset='voc'):
+    """The preset name of train_ssd.py's ``--network``, ``--data-shape`` and ``--dataset``.
+
+    ``data_shape=None`` takes the network's default size. VGG16-atrous, ResNet50-v1 and
+    MobileNet1.0 have GluonCV's COCO presets (other anchor sizes) for ``dataset='coco'`` and the
+    VOC presets for every other dataset (the class list is the dataset's either way). TinySSD:
+    ``tiny_ssd`` (d2l's 256 px model) or ``tiny_ssd_<size>``. Raises :class:`UserError` naming
+    ``--network`` or ``--data-shape``.
+    """
+    if network not in NETWORKS:
+        raise UserError(f"--network: unknown network {network!r}; choose one of "
+                        f"{', '.join(NETWORKS)}")
+    shapes = NETWORKS[network]['data_shapes']
+    data_shape = shapes[0] if data_shape is None else data_shape
+    if data_shape not in shapes:
+        raise UserError(f"--data-shape: {network} supports {', '.join(map(str, shapes))}, "
+                        f"got {data_shape}")
+    if not NETWORKS[network]['per_dataset']:
+        return 'tiny_ssd' if data_shape == 256 else f'tiny_ssd_{data_shape}'
+    return f"ssd_{data_shape}_{network}_{'coco' if dataset == 'coco' else 'voc'}"
 
 
 def get_preset(name):

@@ -35,7 +35,8 @@ from mxnet import autograd, gluon
 
 from gluon_ssd import (ConvPredictor, DownSampleBlock, MultiBoxLossTerms, SSDTargetGenerator,
                        concat_preds, flatten_pred, get_model)
-from gluon_ssd.data import SSDValTransform, VOCDetection, batchify_fn, synthetic_voc
+from gluon_ssd.data import SSDValTransform, batchify_fn, synthetic_voc
+from gluon_ssd.data.build import open_datasets
 from gluon_ssd.metrics import D2LMetric, make_metric
 from gluon_ssd.viz import draw_detections
 
@@ -205,9 +206,7 @@ if QUICK:
 else:
     data_root = synthetic_voc(num_train=256, num_val=64)
     NUM_TRAIN, NUM_VAL, EPOCHS, BATCH = 256, 64, 20, 32
-train_raw = VOCDetection(data_root, ['train'])
-val_raw = VOCDetection(data_root, ['val'])
-classes = list(train_raw.classes)
+train_raw, val_raw, classes = open_datasets('voc', data_root, 'train', 'val')
 print(data_root.name, '| classes:', classes)
 print(f'training on {NUM_TRAIN} images for {EPOCHS} epochs, batch {BATCH}')
 

@@ -34,7 +34,8 @@ from mxnet import autograd, gluon
 
 from gluon_ssd import (BoxDecoder, MultiBoxLossTerms, SSDMultiBoxLoss, SSDTargetGenerator,
                        center_to_corner, get_model)
-from gluon_ssd.data import SSDValTransform, VOCDetection, batchify_fn, synthetic_voc
+from gluon_ssd.data import SSDValTransform, batchify_fn, synthetic_voc
+from gluon_ssd.data.build import open_datasets
 from gluon_ssd.model.zoo import anchor_sizes, get_preset
 from gluon_ssd.viz import class_color, draw_detections
 
@@ -62,8 +63,7 @@ if QUICK:
 else:
     root = synthetic_voc(num_train=256, num_val=64)
     NUM_TRAIN, EPOCHS, BATCH = 256, 8, 32
-train_raw, val_raw = VOCDetection(root, ['train']), VOCDetection(root, ['val'])
-classes = list(train_raw.classes)
+train_raw, val_raw, classes = open_datasets('voc', root, 'train', 'val')
 transform = SSDValTransform(256, 256)
 train_items = gluon.data.SimpleDataset([transform(*train_raw[i]) for i in range(NUM_TRAIN)])
 loader = gluon.data.DataLoader(train_items, BATCH, shuffle=True, batchify_fn=batchify_fn(),

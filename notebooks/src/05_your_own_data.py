@@ -39,7 +39,8 @@ import mxnet as mx
 import numpy as np
 from IPython.display import Image, Markdown, display
 
-from gluon_ssd.data import VOCDetection, synthetic_voc
+from gluon_ssd.data import synthetic_voc
+from gluon_ssd.data.build import open_datasets
 from gluon_ssd.viz import draw_detections
 
 QUICK = os.environ.get('GLUON_SSD_QUICK', '0') == '1'
@@ -82,9 +83,7 @@ def shell(*args):
 # ## 1. The data
 
 # %%
-train_set = VOCDetection(DATA, [TRAIN_SPLIT])
-val_set = VOCDetection(DATA, [VAL_SPLIT], classes=train_set.classes)
-classes = list(train_set.classes)
+train_set, val_set, classes = open_datasets('voc', DATA, TRAIN_SPLIT, VAL_SPLIT)
 sizes = np.array([train_set[i][0].shape[:2] for i in range(min(len(train_set), 40))])
 print(f'{len(train_set)} training / {len(val_set)} validation images, classes {classes}')
 print(f'image sizes (first 40): heights {sizes[:, 0].min()}–{sizes[:, 0].max()}, '
@@ -184,12 +183,11 @@ meta = json.loads(Path(f'{prefix}-meta.json').read_text())
 print('meta:', json.dumps(meta)[:300])
 
 deployed = mx.gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'], f'{prefix}-0000.params')
-from gluon_ssd.data import SSDValTransform   # noqa: E402
-from gluon_ssd.predict import load_trained   # noqa: E402
+from gluon_ssd.model.io import input_transform, load_model   # noqa: E402
 
-net, info = load_trained(run_dir=str(RUN))
+net, info = load_model(run_dir=str(RUN))
 img, label = val_set[0]
-x, _ = SSDValTransform(info['data_shape'], info['data_shape'])(img, label)
+x, _ = input_transform(info)(img, label)
 x = x.expand_dims(0)
 ids_a, scores_a, boxes_a = net(x)
 ids_b, scores_b, boxes_b = deployed(x)

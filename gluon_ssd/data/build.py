@@ -1,0 +1,273 @@
+"""The one dataset opener: dataset kind, root and splits to datasets, subsets, samplers, loaders.
+
+Training (:mod:`gluon_ssd.engine`), evaluation (:mod:`gluon_ssd.eval`), the ablation runner and
+the notebooks open their data here. Raw items are ``(image (H, W, 3) uint8 NDArray, label (M, 6)
+float32 [xmin, ymin, xmax, ymax, class_id, difficult] original pixels)``.
+
+Training batches are deterministic: the shuffling of epoch ``e`` and the augmentation of item
+``i`` in epoch ``e`` are seeded from ``(seed, e, i)`` (:class:`SeededItems`,
+:class:`EpochBatchSampler`), whichever worker process runs them, so a resumed run sees exactly
+the batches of an uninterrupted one. Worker *processes* are required for that (each has its own
+global RNG); never use ``thread_pool`` loaders for training.
+"""
+import os
+import random
+
+import numpy as np
+from mxnet import gluon
+
+from gluon_ssd.data._validate import DatasetError
+
+__all__ = ['DATASETS', 'DEFAULT_SPLITS', 'check_dataset', 'split_names', 'open_split',
+           'open_datasets', 'Subset', 'Transformed', 'SeededItems', 'EpochBatchSampler',
+           'pad_label', 'max_objects_of', 'train_loader', 'val_loader']
+
+DATASETS = ('synthetic', 'voc', 'coco', 'rec')
+#: ``--dataset`` -> (default training split(s), default validation split)
+DEFAULT_SPLITS = {
+    'synthetic': ('train', 'val'),
+    'voc': ('2007_trainval,2012_trainval', '2007_test'),
+    'coco': ('instances_train2017', 'instances_val2017'),
+    'rec': ('train.rec', 'val.rec'),
+}
+SYNTHETIC_SIZES = (1000, 200)    # generated train / val images of the built-in dataset
+_DEFAULT_MAX_OBJECTS = 100       # label padding when a dataset cannot list its labels cheaply
+
+
+def check_dataset(dataset, root):
+    """Check ``--dataset`` and ``--dataset-root`` before anything heavy; raise
+    :class:`DatasetError` naming the flag."""
+    if dataset not in DATASETS:
+        raise DatasetError(f"--dataset: unknown dataset {dataset!r}; choose one of "
+                           f"{', '.join(DATASETS)}")
+    if dataset == 'synthetic':
+        return
+    if not root:
+        raise DatasetError(f"--dataset-root is required for --dataset {dataset}")
+    if not os.path.isdir(os.path.expanduser(root)):
+        raise DatasetError(f"--dataset-root: {root} is not a directory")
+
+
+def split_names(text, root):
+    """VOC splits: ``'train'`` (a single VOC-format folder) -> ``['train']``;
+    ``'2007_trainval,2012_trainval'`` (a VOCdevkit) -> ``[(2007, 'trainval'), (2012, 'trainval')]``."""
+    single = os.path.isdir(os.path.join(root, 'Annotations'))
+    out = []
+    for part in (p.strip() for p in text.split(',') if p.strip()):
+        year, _, name = part.partition('_')
+        out.append((int(year), name) if (not single and year.isdigit() and name) else part)
+    return out
+
+
+def _synthetic_root(root, num_train, num_val):
+    from gluon_ssd.data.synthetic import synthetic_voc
+    return str(synthetic_voc(root=root, num_train=num_train or SYNTHETIC_SIZES[0],
+                             num_val=num_val or SYNTHETIC_SIZES[1]))
+
+
+def open_split(dataset, root, split, classes=None, training=False, num_train=0, num_val=0):
+    """One split as a dataset of raw items with ``.classes``.
+
+    Parameters
+    ----------
+    dataset : one of :data:`DATASETS`; root : its folder (synthetic: the cache folder or None).
+    split : split name(s) (see :data:`DEFAULT_SPLITS`).
+    classes : class names to keep (VOC, synthetic, rec: objects of other classes are dropped);
+        ``None`` takes the dataset's own.
+    training : COCO only: images without boxes are skipped for training, kept for evaluation.
+    num_train, num_val : synthetic only: the generated sizes (they name the cached dataset).
+
+    Raises :class:`DatasetError` (a :class:`~gluon_ssd.errors.UserError`) naming the file.
+    """
+    check_dataset(dataset, root)
+    root = os.path.expanduser(root) if root else None
+    try:
+        if dataset == 'synthetic':
+            root = _synthetic_root(root, num_train, num_val)
+        if dataset in ('synthetic', 'voc'):
+            from gluon_ssd.data.voc import VOCDetection
+            return VOCDetection(root, split_names(split, root), classes=classes)
+        if dataset == 'coco':
+            from gluon_ssd.data.coco import COCODetection
+            return COCODetection(os.path.join(root, 'annotations', split + '.json'),
+                                 os.path.join(root, split.split('_')[-1]), skip_empty=training)
+        from gluon_ssd.data.recordio import RecordDetection
+        return RecordDetection(os.path.join(root, split), classes=classes)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DatasetError(f"--dataset {dataset}: {exc}") from None
+
+
+def open_datasets(dataset, root, train_split=None, val_split=None, num_train=0, num_val=0):
+    """``(train, val, classes)`` for training: the validation split uses the training split's
+    classes; ``num_train``/``num_val`` keep the first N images (0 = all)."""
+    check_dataset(dataset, root)
+    train_split = train_split or DEFAULT_SPLITS[dataset][0]
+    val_split = val_split or DEFAULT_SPLITS[dataset][1]
+    sizes = {'num_train': num_train, 'num_val': num_val}
+    train = open_split(dataset, root, train_split, training=True, **sizes)
+    classes = list(train.classes)
+    val = open_split(dataset, root, val_split, classes=None if dataset == 'coco' else classes,
+                     **sizes)
+    train, val = Subset.first(train, num_train), Subset.first(val, num_val)
+    for name, ds, split in (('training', train, train_split), ('validation', val, val_split)):
+        if len(ds) == 0:
+            raise DatasetError(f"--dataset {dataset}: the {name} split {split!r} has no images")
+    return train, val, classes
+
+
+class Subset(gluon.data.Dataset):
+    """The first ``n`` items of ``dataset``; keeps ``classes``, ``label(i)`` and the COCO
+    attributes (``coco``, ``contiguous_id_to_json``, ``image_ids`` cut to ``n``)."""
+
+    def __init__(self, dataset, n):
+        self._dataset, self._n = dataset, min(int(n), len(dataset))
+        self.classes = dataset.classes
+        for attr in ('coco', 'contiguous_id_to_json'):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+        if hasattr(dataset, 'image_ids'):
+            self.image_ids = list(dataset.image_ids)[:self._n]
+
+    @classmethod
+    def first(cls, dataset, n):
+        """``dataset`` itself when ``n`` is 0 or covers it, else its first ``n`` items."""
+        return dataset if not n or n >= len(dataset) else cls(dataset, n)
+
+    def __len__(self):
+        return self._n
+
+    def __getitem__(self, index):
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return self._dataset[index]
+
+    def label(self, index):
+        """Label of item ``index`` (delegated; no image decoding)."""
+        return self._dataset.label(index)
+
+
+class Transformed(gluon.data.Dataset):
+    """``dataset`` with ``transform(image, label)`` applied (no randomness: validation)."""
+
+    def __init__(self, dataset, transform):
+        self._dataset, self._transform = dataset, transform
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getitem__(self, index):
+        return self._transform(*self._dataset[index])
+
+
+# ----------------------------------------------------------------------------------------------
+# training: deterministic per-item augmentation, epoch-seeded batches, fixed label padding
+# ----------------------------------------------------------------------------------------------
+def _item_seed(seed, epoch, index):
+    return (int(seed) * 1000003 + int(epoch) * 7919 + int(index) * 104729) % (2 ** 31 - 1)
+
+
+def pad_label(label, max_objects):
+    """(M, K) label -> (max_objects, K) float32, extra rows -1; raises if M > max_objects."""
+    label = np.asarray(label, dtype=np.float32)
+    if label.ndim != 2:
+        label = label.reshape(-1, 6)
+    if label.shape[0] > max_objects:
+        raise ValueError(f"an image has {label.shape[0]} objects, more than --max-objects "
+                         f"{max_objects}; raise --max-objects")
+    out = np.full((max_objects, label.shape[1]), -1, dtype=np.float32)
+    out[:label.shape[0]] = label
+    return out
+
+
+def max_objects_of(dataset):
+    """Most objects in any image of ``dataset`` (via its cheap ``label(i)``), else a default."""
+    if not hasattr(dataset, 'label'):
+        return _DEFAULT_MAX_OBJECTS
+    return max(1, max(dataset.label(i).shape[0] for i in range(len(dataset))))
+
+
+class SeededItems(gluon.data.Dataset):
+    """Training items whose augmentation depends only on ``(seed, epoch, index)``.
+
+    ``key = epoch * len(dataset) + index`` (as produced by :class:`EpochBatchSampler`). Before
+    calling ``transform(image, label)``, Python's and NumPy's global RNGs are seeded from
+    ``(seed, epoch, index)``: the result is the same in any worker process, in any order.
+    Items: ``(image (3, H, W) float32, label (max_objects, 6) float32 padded with -1)``.
+    """
+
+    def __init__(self, dataset, transform, seed, max_objects):
+        self._dataset = dataset
+        self._transform = transform
+        self._seed = seed
+        self._max_objects = max_objects
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getitem__(self, key):
+        epoch, index = divmod(int(key), len(self._dataset))
+        item_seed = _item_seed(self._seed, epoch, index)
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        img, label = self._transform(*self._dataset[index])
+        return img, pad_label(label, self._max_objects)
+
+
+class EpochBatchSampler(gluon.data.Sampler):
+    """Fixed-size batches of keys ``epoch * n + index``, shuffled per ``(seed, epoch)``.
+
+    Each worker of a distributed run takes its shard (:func:`gluon_ssd.distributed.shard_indices`);
+    the incomplete last batch is dropped so every batch has the same shape. Call
+    :meth:`set_epoch` before iterating.
+    """
+
+    def __init__(self, n, batch_size, seed, rank=0, num_workers=1):
+        self._n, self._batch_size, self._seed = n, batch_size, seed
+        self._rank, self._num_workers = rank, num_workers
+        self._epoch = 0
+
+    def set_epoch(self, epoch):
+        """Select the permutation of ``epoch``."""
+        self._epoch = int(epoch)
+
+    def _indices(self):
+        from gluon_ssd.distributed import shard_indices
+        return shard_indices(self._n, self._rank, self._num_workers, seed=self._seed,
+                             epoch=self._epoch, remainder='pad')
+
+    def __iter__(self):
+        keys = self._indices() + self._epoch * self._n
+        for start in range(0, len(self) * self._batch_size, self._batch_size):
+            yield keys[start:start + self._batch_size].tolist()
+
+    def __len__(self):
+        return len(self._indices()) // self._batch_size
+
+
+def train_loader(dataset, transform, batch_size, seed, max_objects, num_workers=0, rank=0,
+                 world_size=1):
+    """``(loader, sampler)`` of augmented training batches ``(data (B, 3, S, S), label (B,
+    max_objects, 6) padded -1)``; call ``sampler.set_epoch(e)`` before each epoch.
+    ``rank``/``world_size``: this worker's shard of a distributed run."""
+    from gluoncv.data.batchify import Stack, Tuple
+    items = SeededItems(dataset, transform, seed, max_objects)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size)
+    if len(sampler) == 0:
+        raise DatasetError(f"--batch-size {batch_size} is larger than this worker's "
+                           f"{len(dataset) // world_size} training images")
+    loader = gluon.data.DataLoader(items, batch_sampler=sampler,
+                                   batchify_fn=Tuple(Stack(), Stack()), num_workers=num_workers)
+    return loader, sampler
+
+
+def val_loader(items, batch_size, label_fields=(1,), num_workers=0):
+    """Batches of ``items`` in order, the last one kept: every field stacked, except the
+    ``label_fields`` (2-D labels) padded with -1 rows to the batch's most objects."""
+    from gluoncv.data.batchify import Stack, Tuple
+    from gluon_ssd.data.transforms import PadLabels
+    width = len(items[0]) if len(items) else 2
+    fields = [PadLabels() if i in label_fields else Stack() for i in range(width)]
+    return gluon.data.DataLoader(items, batch_size=batch_size, shuffle=False, last_batch='keep',
+                                 batchify_fn=Tuple(*fields), num_workers=num_workers)

@@ -1,0 +1,258 @@
+"""Trained detectors on disk: weights plus the meta file that travels with them, and the model's
+own pre- and post-processing.
+
+A trained model is a ``.params`` file and a small JSON **meta** file: the zoo preset it was built
+from (``model``, e.g. ``ssd_300_vgg16_atrous_coco``), ``network``, ``data_shape`` (square input
+size S in pixels), ``classes``, the input normalisation ``mean``/``std`` and the ``decoder``. The
+training engine writes ``model.json`` into its run directory (it describes every ``.params`` file
+there); a single file may carry its own ``<stem>.meta.json``. Loading never guesses: the network,
+size and classes come from the meta file, or, for a bare ``.params`` file, from the caller.
+"""
+import json
+import os
+
+import numpy as np
+
+from gluon_ssd.errors import UserError
+
+__all__ = ['RUN_META', 'make_meta', 'save_meta', 'read_json', 'read_meta', 'find_meta', 'resolve_source',
+           'load_model', 'input_transform', 'map_boxes_to_original', 'finite_detections']
+
+RUN_META = 'model.json'          # in a run directory: describes every .params file there
+_FILE_META_SUFFIX = '.meta.json'  # beside one file: best.params -> best.meta.json
+_FORMAT = 'gluon-ssd-model/1'
+
+
+def make_meta(name, classes, decoder='per_class'):
+    """The meta dict of zoo model ``name`` trained for ``classes`` (list of str)."""
+    from gluon_ssd.model.zoo import get_preset
+    preset = get_preset(name)
+    network = _network_of(name)
+    return {'format': _FORMAT, 'model': name, 'network': network,
+            'data_shape': int(preset['data_size']), 'classes': [str(c) for c in classes],
+            'mean': list(preset['mean']), 'std': list(preset['std']), 'decoder': decoder}
+
+
+def _network_of(name):
+    """train_ssd.py's ``--network`` of a zoo name (``ssd_300_vgg16_atrous_voc`` -> vgg16_atrous)."""
+    if name.startswith('tiny_ssd'):
+        return 'tiny_ssd'
+    parts = name.split('_')
+    return '_'.join(parts[2:-1]) if parts[0] == 'ssd' and len(parts) > 3 else name
+
+
+def save_meta(meta, path):
+    """Write ``meta`` to ``path`` atomically (temp file + rename)."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_json(path, what):
+    """The JSON object in ``path``; :class:`UserError` naming the file and ``what`` it should
+    be when it is unreadable or not an object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable {what} ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a {what} (expected a JSON object)")
+    return value
+
+
+def read_meta(path):
+    """Read and check a meta file; raises :class:`UserError` naming the file."""
+    meta = read_json(path, 'model meta file')
+    missing = [k for k in ('model', 'data_shape', 'classes') if not meta.get(k)]
+    if missing:
+        raise UserError(f"{path}: not a gluon-ssd model meta file (missing {', '.join(missing)})")
+    from gluon_ssd.model.zoo import get_preset
+    try:
+        preset = get_preset(meta['model'])
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    meta.setdefault('network', _network_of(meta['model']))
+    meta.setdefault('mean', list(preset['mean']))
+    meta.setdefault('std', list(preset['std']))
+    meta.setdefault('decoder', 'per_class')
+    return meta
+
+
+def _legacy_run_meta(run_dir):
+    """Meta of a run directory written before meta files existed (its ``config.json``)."""
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.isfile(path):
+        return None
+    cfg = read_json(path, 'run configuration')
+    if not cfg.get('classes') or not cfg.get('network'):
+        return None
+    from gluon_ssd.model.zoo import model_name
+    name = model_name(cfg['network'], cfg.get('data_shape'), cfg.get('dataset', 'voc'))
+    return make_meta(name, cfg['classes'], cfg.get('decoder') or 'per_class')
+
+
+def find_meta(params):
+    """The meta dict describing the ``.params`` file ``params``, or ``None``: its own
+    ``<stem>.meta.json``, else the run directory's ``model.json`` (or, for runs older than meta
+    files, the run's ``config.json``)."""
+    stem = params[:-len('.params')] if params.endswith('.params') else params
+    for path in (stem + _FILE_META_SUFFIX, os.path.join(os.path.dirname(params), RUN_META)):
+        if os.path.isfile(path):
+            return read_meta(path)
+    return _legacy_run_meta(os.path.dirname(os.path.abspath(params)))
+
+
+def resolve_source(run_dir=None, params=None):
+    """``(params_path, meta or None)`` from ``--run-dir`` and/or ``--params``.
+
+    ``--params`` may be a run directory; a run directory gives ``best.params`` (else
+    ``last.params``). Raises :class:`UserError` for missing files.
+    """
+    if params and os.path.isdir(params) and not run_dir:
+        run_dir, params = params, None
+    if run_dir is not None and not os.path.isdir(run_dir):
+        raise UserError(f"--run-dir {run_dir}: directory not found")
+    if not run_dir and not params:
+        raise UserError("give --params FILE or --run-dir DIR")
+    if params is None:
+        for name in ('best.params', 'last.params'):
+            if os.path.isfile(os.path.join(run_dir, name)):
+                params = os.path.join(run_dir, name)
+                break
+        else:
+            raise UserError(f"--run-dir {run_dir}: no best.params or last.params")
+    elif not os.path.isfile(params):
+        raise UserError(f"--params {params}: file not found")
+    return params, find_meta(params)
+
+
+def _meta_with_flags(meta, params, network, data_shape, classes, decoder):
+    """The meta of the model to build: the file's, checked against the flags, or (a bare
+    ``.params``) made from the flags."""
+    from gluon_ssd.model.zoo import model_name
+    if meta is None:
+        name = model_name(network or 'tiny_ssd', data_shape)
+        if not classes:
+            raise UserError(f"--classes is required: {params} has no meta file "
+                            f"({RUN_META} or <name>{_FILE_META_SUFFIX}) naming its classes")
+        return make_meta(name, classes, decoder or 'per_class')
+    meta = dict(meta)
+    for flag, value, key in (('--network', network, 'network'),
+                             ('--data-shape', data_shape, 'data_shape')):
+        if value is not None and value != meta[key]:
+            raise UserError(f"{flag} {value} contradicts the model: {params} is a "
+                            f"{meta['model']} ({key} {meta[key]}); drop {flag}")
+    if classes:
+        if len(classes) != len(meta['classes']):
+            raise UserError(f"--classes: {len(classes)} names given, but {params} was trained "
+                            f"for {len(meta['classes'])} classes ({', '.join(meta['classes'])})")
+        meta['classes'] = list(classes)
+    if decoder:
+        meta['decoder'] = decoder
+    return meta
+
+
+def load_model(params=None, run_dir=None, network=None, data_shape=None, classes=None,
+               decoder=None, nms_thresh=0.45, nms_topk=400, post_nms=100, ctx=None,
+               hybridize=True, amp=False):
+    """Build a trained SSD and load its weights: the one way every tool loads a model.
+
+    Parameters
+    ----------
+    params, run_dir : see :func:`resolve_source` (at least one).
+    network, data_shape : only for a ``.params`` file without a meta file (else they must agree
+        with it); defaults tiny_ssd and the network's default size.
+    classes : list of str: required without a meta file; with one, renames its classes (same
+        count). decoder : ``'per_class'`` or ``'argmax'`` (default: the meta's).
+    ctx : list of ``mx.Context`` (default CPU). amp : bfloat16 mixed precision (CPU only).
+
+    Returns ``(net, meta)``: the SSD in inference mode (hybridized with ``static_alloc``/
+    ``static_shape`` unless ``hybridize=False``) taking ``(B, 3, S, S)`` images normalised with
+    ``meta['mean']``/``meta['std']``; ``meta`` as :func:`make_meta` plus ``params`` (the file).
+    Raises :class:`UserError` (one line) for a missing or corrupt file or weights that do not fit.
+    """
+    import mxnet as mx
+    from gluon_ssd.model.zoo import get_model
+    params, meta = resolve_source(run_dir, params)
+    meta = _meta_with_flags(meta, params, network, data_shape, classes, decoder)
+    ctx = ctx or [mx.cpu()]
+    if amp:
+        _check_amp(ctx, hybridize)
+    net = get_model(meta['model'], classes=meta['classes'], decoder=meta['decoder'],
+                    nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
+    try:
+        net.load_parameters(params, ctx=ctx)
+    except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(', which contains')[0][:200]
+        raise UserError(f"--params {params}: its weights do not fit {meta['model']} with "
+                        f"{len(meta['classes'])} classes ({first})") from None
+    if amp:
+        net.set_precision('bfloat16')
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    return net, dict(meta, params=params)
+
+
+def _check_amp(ctx, hybridize):
+    if any(c.device_type == 'gpu' for c in ctx):
+        raise UserError("--amp for inference is bfloat16 on CPU; drop --gpus or --amp")
+    if not hybridize:
+        raise UserError("--amp works on hybridized graphs; load with hybridize=True")
+    from gluon_ssd.precision import check_bf16_support
+    check_bf16_support('--amp')
+
+
+# ----------------------------------------------------------------------------------------------
+# the model's pre- and post-processing
+# ----------------------------------------------------------------------------------------------
+def input_transform(meta):
+    """The model's input transform ``(image (H,W,3) uint8, label (M,6) pixels) -> (image (3,S,S)
+    float32 normalised with the meta's mean/std, label (M,6) pixels of the S x S input)``."""
+    from gluon_ssd.data.transforms import SSDValTransform
+    size = int(meta['data_shape'])
+    return SSDValTransform(size, size, mean=tuple(meta['mean']), std=tuple(meta['std']))
+
+
+def map_boxes_to_original(bboxes, input_size, orig_size, clip=True):
+    """Map corner boxes from network-input pixels to original-image pixels.
+
+    Parameters
+    ----------
+    bboxes : (K, 4) corner ``(xmin, ymin, xmax, ymax)``, pixels of the network input.
+    input_size : ``(width, height)`` of the network input the image was resized to.
+    orig_size : ``(width, height)`` of the original image.
+    clip : clip to ``[0, width - 1] x [0, height - 1]`` (the datasets' 0-based pixel convention:
+        ``xmax`` of an object touching the right edge is ``width - 1``).
+
+    Returns a float32 ``(K, 4)`` array, corner format, original pixels: the inverse of the
+    input transform's box resize (``x * in_w / orig_w``).
+    """
+    boxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4).copy()
+    in_w, in_h = input_size
+    w, h = orig_size
+    boxes[:, (0, 2)] *= w / float(in_w)
+    boxes[:, (1, 3)] *= h / float(in_h)
+    if clip:
+        boxes[:, (0, 2)] = np.clip(boxes[:, (0, 2)], 0, w - 1)
+        boxes[:, (1, 3)] = np.clip(boxes[:, (1, 3)], 0, h - 1)
+    return boxes.astype(np.float32)
+
+
+def finite_detections(ids, scores, bboxes):
+    """The one NaN policy: numpy ``ids (B,K,1)``, ``scores (B,K,1)``, ``bboxes (B,K,4)`` with
+    every detection whose box or score is NaN/inf (a diverged model) turned into a padding row
+    (id -1, score 0, box 0), in place. Returns how many real (id >= 0) detections were dropped."""
+    bad = ~(np.isfinite(bboxes).all(axis=-1) & np.isfinite(scores[..., 0]))
+    count = int((bad & (ids[..., 0] >= 0)).sum())
+    ids[bad] = -1
+    scores[bad] = 0
+    bboxes[bad] = 0
+    return count
