@@ -14,6 +14,9 @@ def add_model_args(parser):
                         'network, input size and classes come from it')
     a('--params', help='.params file of the network (default with --run-dir: best.params, '
                        'else last.params); a run directory is also accepted')
+    a('--pretrained', help="a zoo detector with GluonCV's trained weights, e.g. "
+                           "ssd_512_mobilenet1.0_voc (downloaded into $MXNET_HOME/models when "
+                           "absent), instead of --run-dir/--params")
     a('--network', help='base network of a bare .params file without a meta file: tiny_ssd, '
                         'vgg16_atrous, resnet50_v1, mobilenet1.0 (default tiny_ssd)')
     a('--data-shape', type=int, help='input size of a bare .params file (default: the '
@@ -72,4 +75,4 @@ def model_from_args(args, default_classes=None):
                       classes=parse_classes(args.classes) or default_classes,
                       decoder=args.decoder, nms_thresh=args.nms_thresh, nms_topk=args.nms_topk,
                       post_nms=args.post_nms, ctx=contexts_from_args(args),
-                      amp=getattr(args, 'amp', False))
+                      amp=getattr(args, 'amp', False), pretrained=args.pretrained)

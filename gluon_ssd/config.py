@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from gluon_ssd.data.build import DATASETS, DEFAULT_SPLITS, check_dataset
 from gluon_ssd.devices import parse_gpus
 from gluon_ssd.errors import UserError
+from gluon_ssd.model.io import find_meta, is_zoo_detector, make_meta
 from gluon_ssd.model.zoo import NETWORKS, model_name
 from gluon_ssd.precision import check_bf16_support
 from gluon_ssd.rundir import read_config, resume_source
@@ -34,7 +35,8 @@ __all__ = ['TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'RESUME_MUTABLE'
 # Per-network training recipes (flags override them); input sizes: gluon_ssd.model.zoo.NETWORKS.
 # GluonCV's train_ssd.py defaults (SGD, step decay, full SSD augmentation).
 _GLUONCV = dict(optimizer='sgd', lr_mode='step', batch_size=32, lr=0.001, epochs=240,
-                lr_decay_epoch='160,200', warmup_epochs=0, wd=5e-4, max_expand=4)
+                lr_decay_epoch='160,200', warmup_epochs=0, wd=5e-4, max_expand=4,
+                pretrained_base=True)
 NETWORK_PRESETS = {
     # tiny_ssd (from scratch, CPU, ~5 min on 1000 synthetic images): Adam converges far faster
     # than SGD here; no zoom-out (its smallest anchor is 20 % of the image). 128 px (zoo name
@@ -42,11 +44,12 @@ NETWORK_PRESETS = {
     # a higher synthetic mAP (0.42 in 14 epochs vs 0.21 in 6 epochs at 256 px).
     'tiny_ssd': dict(optimizer='adam', batch_size=16,
                      lr=0.003, lr_mode='cosine', epochs=16, lr_decay_epoch='12,14',
-                     warmup_epochs=0.5, wd=5e-4, max_expand=1),
-    'vgg16_atrous': dict(_GLUONCV),
-    'resnet50_v1': dict(_GLUONCV),
-    'mobilenet1.0': dict(_GLUONCV),
+                     warmup_epochs=0.5, wd=5e-4, max_expand=1, pretrained_base=False),
 }
+# Every network of the zoo with an ImageNet base trains with GluonCV's recipe.
+NETWORK_PRESETS.update({name: dict(_GLUONCV) for name in NETWORKS if name not in NETWORK_PRESETS})
+#: Networks without ImageNet weights (``--pretrained-base`` is an error for them).
+NO_PRETRAINED_BASE = ('tiny_ssd',)
 
 # Defaults shared by every network (GluonCV's script values where it has the flag).
 COMMON_DEFAULTS = dict(lr_decay=0.1, momentum=0.9, log_interval=20,
@@ -62,7 +65,7 @@ RESUME_MUTABLE = ('epochs', 'num_workers', 'log_interval', 'save_interval', 'val
 @dataclass
 class TrainConfig:
     """Every setting of a training run, as plain data (saved as the run's ``config.json``)."""
-    network: str = 'tiny_ssd'
+    network: str = None
     data_shape: int = None
     batch_size: int = None
     dataset: str = 'synthetic'
@@ -94,6 +97,10 @@ class TrainConfig:
     init: str = 'xavier'
     decoder: str = 'per_class'
     max_expand: float = None
+    pretrained_base: bool = None
+    pretrained: str = ''
+    # The zoo preset trained (filled from network / data shape / dataset or --pretrained).
+    model: str = None
     # Not in GluonCV: data size caps, fixed label padding and test hooks.
     max_objects: int = 0
     num_train: int = 0
@@ -150,8 +157,8 @@ def build_parser():
         description='Train an SSD detector. With no arguments: tiny_ssd on the built-in synthetic '
                     'dataset, on CPU, in a few minutes.')
     a = p.add_argument
-    a('--network', default='tiny_ssd',
-      help=f"base network: {', '.join(NETWORKS)} (default tiny_ssd)")
+    a('--network', help=f"base network: {', '.join(NETWORKS)} (default tiny_ssd; with "
+                          "--pretrained: its network)")
     a('--data-shape', type=int, help='input size in pixels (default: the network preset)')
     a('--batch-size', type=int, help='global batch size, split across devices')
     a('--dataset', default='synthetic', help=f"{' | '.join(DATASETS)} (default synthetic)")
@@ -187,6 +194,14 @@ def build_parser():
     a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>)')
     a('--loss-norm', choices=('batch', 'sample'), default='batch',
       help='divide the loss by positives of the whole batch (GluonCV) or of each image')
+    a('--pretrained-base', action=argparse.BooleanOptionalAction,
+      help='start the base network from its ImageNet weights (GluonCV model store, downloaded '
+           'into $MXNET_HOME/models when absent); default: on for every network but tiny_ssd')
+    a('--pretrained', default='',
+      help='fine-tune a trained detector: a zoo name (e.g. ssd_300_vgg16_atrous_coco, GluonCV\'s '
+           'weights) or a .params file (a gluon-ssd model with its meta file, or a GluonCV file '
+           'of the --network/--data-shape preset); its classes are reset to the dataset\'s, '
+           'reusing those with the same name')
     a('--init', choices=('xavier', 'uniform', 'normal'), default='xavier',
       help='initialiser of the non-backbone layers')
     a('--decoder', choices=('per_class', 'argmax'), default='per_class',
@@ -272,8 +287,36 @@ def restore_for_resume(cfg, explicit):
     return restored
 
 
+def _adopt_pretrained(cfg):
+    """``--pretrained``: the run trains the trained detector's preset (its network and input
+    size); a zoo name or a file with a meta file names it, a bare file is a GluonCV-format file
+    of the ``--network``/``--data-shape`` preset."""
+    spec = cfg.pretrained
+    if is_zoo_detector(spec):
+        name = spec
+    elif os.path.isfile(os.path.expanduser(spec)):
+        meta = find_meta(os.path.expanduser(spec))
+        name = meta['model'] if meta else None
+    else:
+        raise UserError(f"--pretrained {spec}: neither a file nor a zoo detector name (see "
+                        "gluon_ssd.get_model_list())")
+    if name is None:
+        return
+    meta = make_meta(name, [])
+    for key in ('network', 'data_shape'):
+        value = getattr(cfg, key)
+        if value is not None and value != meta[key]:
+            raise UserError(f"{_flag(key)} {value} contradicts --pretrained {spec} (a {name} "
+                            f"with {key} {meta[key]}); drop {_flag(key)}")
+    cfg.network, cfg.data_shape, cfg.model = meta['network'], meta['data_shape'], name
+
+
 def fill_defaults(cfg):
-    """Fill ``None`` fields from the network recipe then :data:`COMMON_DEFAULTS` (in place)."""
+    """Fill ``None`` fields from ``--pretrained``, the network recipe, then
+    :data:`COMMON_DEFAULTS` (in place); ``model`` is the zoo preset the run trains."""
+    if cfg.pretrained and not cfg.model:
+        _adopt_pretrained(cfg)
+    cfg.network = cfg.network or 'tiny_ssd'
     if cfg.network not in NETWORK_PRESETS:
         raise UserError(f"--network: unknown network {cfg.network!r}; choose one of "
                         f"{', '.join(NETWORK_PRESETS)}")
@@ -289,6 +332,7 @@ def fill_defaults(cfg):
         cfg.val_split = cfg.val_split or val
     if cfg.start_epoch is None:
         cfg.start_epoch = 0
+    cfg.model = cfg.model or model_name(cfg.network, cfg.data_shape, cfg.dataset)
     if cfg.out_dir is None and not cfg.resume:
         stamp = time.strftime('%Y%m%d-%H%M%S')
         cfg.out_dir = os.path.join('runs', f'{cfg.network}_{cfg.dataset}_{stamp}')
@@ -307,8 +351,12 @@ def _check_number(cfg, name, allow_zero=False):
 
 def validate(cfg):
     """Check a filled configuration; raise :class:`UserError` naming the flag. Returns ``cfg``."""
-    model_name(cfg.network, cfg.data_shape, cfg.dataset)   # checks --network / --data-shape
+    if not cfg.pretrained:      # checks --network / --data-shape / --dataset
+        model_name(cfg.network, cfg.data_shape, cfg.dataset)
     check_dataset(cfg.dataset, cfg.dataset_root)
+    if cfg.pretrained_base and cfg.network in NO_PRETRAINED_BASE:
+        raise UserError(f"--pretrained-base: {cfg.network} has no ImageNet weights; drop the flag "
+                        "(it trains from scratch)")
     for name in ('batch_size', 'epochs', 'lr', 'log_interval', 'save_interval', 'val_interval',
                  'cpu_contexts', 'lr_decay'):
         _check_number(cfg, name)

@@ -38,7 +38,8 @@ from gluon_ssd.distributed import (create_kvstore, global_batch_size, is_distrib
 from gluon_ssd.errors import EXIT_DIVERGED, UserError
 from gluon_ssd.evaluate import Evaluator
 from gluon_ssd.loss import SSDMultiBoxLoss
-from gluon_ssd.model.io import RUN_META, finite_detections, input_transform, make_meta, save_meta
+from gluon_ssd.model.io import (RUN_META, find_meta, finite_detections, input_transform,
+                                load_model, make_meta, save_meta)
 from gluon_ssd.model.zoo import get_model, model_name
 from gluon_ssd.precision import PrecisionMixin
 from gluon_ssd.rundir import LOG
@@ -109,8 +110,9 @@ def forward_losses(graph, normalizer, datas, labels):
 # the set-up steps of a run
 # ----------------------------------------------------------------------------------------------
 def run_model_name(cfg):
-    """The zoo preset a configuration trains (``--network``, ``--data-shape``, ``--dataset``)."""
-    return model_name(cfg.network, cfg.data_shape, cfg.dataset)
+    """The zoo preset a configuration trains (from ``--pretrained``, or ``--network``,
+    ``--data-shape`` and ``--dataset``: :func:`gluon_ssd.model.zoo.model_name`)."""
+    return cfg.model or model_name(cfg.network, cfg.data_shape, cfg.dataset)
 
 
 def open_data(cfg):
@@ -119,13 +121,42 @@ def open_data(cfg):
                          cfg.num_train, cfg.num_val)
 
 
-def build_net(cfg, classes, ctx):
-    """The SSD of :func:`run_model_name` with ``classes``, initialised on ``ctx`` (a list)."""
-    net = get_model(run_model_name(cfg), classes=classes, pretrained_base=False, init=cfg.init,
-                    decoder=cfg.decoder)
+def build_net(cfg, classes, ctx, load_weights=True):
+    """The SSD of :func:`run_model_name` with ``classes`` on ``ctx`` (a list of contexts).
+
+    With ``--pretrained`` the trained detector, its classes reset to ``classes`` (the predictors
+    of classes with the same name are kept); else the base network's ImageNet weights with
+    ``--pretrained-base`` and ``--init`` for the rest. ``load_weights=False`` builds the same
+    network without loading anything (a resumed run loads its checkpoint instead).
+    """
+    name = run_model_name(cfg)
+    if cfg.pretrained and load_weights:
+        net = _pretrained_detector(cfg, name, ctx)
+        reuse = [c for c in classes if c in net.classes]
+        if list(net.classes) != list(classes):
+            net.reset_class(classes, reuse_weights=reuse or None)
+        LOG.info('fine-tuning %s (%s): %d of %d classes keep their trained predictors',
+                 cfg.pretrained, name, len(reuse), len(classes))
+        return net
+    net = get_model(name, classes=classes, init=cfg.init, decoder=cfg.decoder,
+                    pretrained_base=bool(cfg.pretrained_base and load_weights))
     with _quiet_init():
         net.initialize(ctx=ctx)
     net.collect_params().reset_ctx(ctx)
+    return net
+
+
+def _pretrained_detector(cfg, name, ctx):
+    """The ``--pretrained`` detector: a zoo name or a file with a meta file through
+    :func:`~gluon_ssd.model.io.load_model`; a bare file as GluonCV's (or our) weights of the
+    run's preset."""
+    spec = os.path.expanduser(cfg.pretrained)
+    if os.path.isfile(spec) and find_meta(spec) is None:
+        net = get_model(name, pretrained=spec, init=cfg.init, decoder=cfg.decoder)
+        net.collect_params().reset_ctx(ctx)
+        return net
+    net, _ = load_model(pretrained=cfg.pretrained, ctx=ctx, hybridize=False,
+                        decoder=cfg.decoder, init=cfg.init)
     return net
 
 
@@ -304,7 +335,7 @@ class Run:
         os.makedirs(self.run_dir, exist_ok=True)
         self.log_handlers = rundir.setup_logging(self.run_dir, self.rank)
         _seed_everything(cfg.seed)
-        self.net = build_net(cfg, self.classes, self.ctx)
+        self.net = build_net(cfg, self.classes, self.ctx, load_weights=not self.resume_state)
         max_objects = label_rows(cfg, self.train_ds)
         self.graph, self.normalizer = build_graph(cfg, self.net, max_objects)
         self.train_loader, self.sampler = build_loaders(cfg, self.train_ds, max_objects,

@@ -23,7 +23,7 @@ from gluon_ssd.cli import add_model_args, contexts_from_args, model_from_args
 from gluon_ssd.data.build import DEFAULT_SPLITS, check_dataset, open_split, Subset
 from gluon_ssd.errors import UserError, fail
 from gluon_ssd.evaluate import evaluate
-from gluon_ssd.model.io import resolve_source
+from gluon_ssd.model.io import is_zoo_detector, resolve_source
 from gluon_ssd.rundir import read_config
 
 __all__ = ['build_parser', 'dataset_settings', 'open_eval_dataset', 'format_ap_table', 'run',
@@ -128,8 +128,12 @@ def run(args):
                                                             args.num_workers + 1)):
         if value < 1:
             raise UserError(f"{flag}: must be positive, got {value}")
-    params, file_meta = resolve_source(args.run_dir, args.params)
-    settings = dataset_settings(args, read_config(os.path.dirname(os.path.abspath(params))))
+    if is_zoo_detector(args.pretrained):     # a zoo detector: its classes, no run directory
+        run_cfg, file_meta = None, True
+    else:
+        params, file_meta = resolve_source(args.run_dir, args.params or args.pretrained)
+        run_cfg = read_config(os.path.dirname(os.path.abspath(params)))
+    settings = dataset_settings(args, run_cfg)
     if file_meta or args.classes:
         net, meta = model_from_args(args)        # checks the weights before reading data
         dataset = open_eval_dataset(settings, meta['classes'])

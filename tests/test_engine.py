@@ -192,6 +192,9 @@ def test_defaults_come_from_network_preset():
     assert model_name('tiny_ssd', 256) == 'tiny_ssd'   # d2l's exact model
     vgg = parse_config(['--network', 'vgg16_atrous', '--out-dir', 'x'])
     assert (vgg.data_shape, vgg.lr, vgg.lr_decay_epochs) == (300, 0.001, [160, 200])
+    assert vgg.pretrained_base is True and cfg.pretrained_base is False   # as GluonCV; TinySSD
+    assert parse_config(['--network', 'vgg16_atrous', '--no-pretrained-base',
+                         '--out-dir', 'x']).pretrained_base is False
     assert parse_config(['--lr', '0.5', '--out-dir', 'x']).lr == 0.5
     assert validate(cfg) is cfg
 
@@ -228,7 +231,7 @@ def test_training_takes_the_datasets_preset(network, shape, dataset, name, tmp_p
 def test_coco_run_builds_the_coco_anchors(tmp_path):
     from gluon_ssd.model.zoo import anchor_sizes, get_preset
     cfg = parse_config(['--network', 'vgg16_atrous', '--dataset', 'coco', '--dataset-root',
-                        str(tmp_path), '--out-dir', 'x'])
+                        str(tmp_path), '--out-dir', 'x', '--no-pretrained-base'])
     net = engine.build_net(cfg, ['a', 'b'], [mx.cpu()])
     with autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))

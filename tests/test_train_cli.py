@@ -285,6 +285,51 @@ def test_coco_training_validates_with_coco_ap(shared_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_pretrained_detector_keeps_features_and_matching_classes(baseline, data_root):
+    """--pretrained FILE: the trained detector's weights, its classes reset to the dataset's,
+    the predictor rows of classes with the same name kept (GluonCV's reset_class)."""
+    trained = mx.nd.load(str(baseline['out'] / 'best.params'))
+    old_classes = baseline['result']['classes']
+    cfg = parse_config(_small_args(data_root, baseline['out'] / 'unused', '--pretrained',
+                                   str(baseline['out'] / 'best.params')))
+    assert (cfg.model, cfg.network, cfg.data_shape) == ('tiny_ssd', 'tiny_ssd', 256)
+    new_classes = ['star', 'zebra']
+    net = engine.build_net(cfg, new_classes, [mx.cpu()])
+    params = {k: v.data().asnumpy() for k, v in net._collect_params_with_prefix().items()}
+    features = [k for k in trained if k.startswith('features.')]
+    assert features and all(np.array_equal(params[k], trained[k].asnumpy()) for k in features)
+    old_w = trained['class_predictors.0.predictor.weight'].asnumpy()
+    new_w = params['class_predictors.0.predictor.weight']
+    old_k, new_k = len(old_classes) + 1, len(new_classes) + 1
+    assert new_w.shape[0] == old_w.shape[0] // old_k * new_k
+    star = old_classes.index('star') + 1
+    np.testing.assert_array_equal(new_w[1::new_k], old_w[star::old_k])     # 'star' reused
+    np.testing.assert_array_equal(new_w[0::new_k], old_w[0::old_k])       # background
+
+
+@pytest.mark.slow
+def test_fine_tune_a_saved_detector_on_raccoon_then_eval_and_export(baseline, shared_data,
+                                                                     tmp_path, capsys):
+    from gluon_ssd import eval as ssd_eval
+    from gluon_ssd import export as ssd_export
+    out = tmp_path / 'finetune'
+    argv = ['--pretrained', str(baseline['out'] / 'best.params'), '--dataset', 'voc',
+            '--dataset-root', str(shared_data / 'raccoon'), '--train-split', 'train',
+            '--val-split', 'test', '--num-train', '16', '--num-val', '8', '--batch-size', '8',
+            '--epochs', '1', '-j', '0', '--no-progress', '--num-samples-viz', '1',
+            '--out-dir', str(out)]
+    assert _load_script().main(argv) == 0, capsys.readouterr().err
+    meta = json.loads((out / 'model.json').read_text())
+    assert (meta['model'], meta['data_shape'], meta['classes']) == ('tiny_ssd', 256, ['raccoon'])
+    capsys.readouterr()
+    assert ssd_eval.main(['--run-dir', str(out), '--metrics', 'voc07']) == 0
+    assert json.loads(capsys.readouterr().out)['num_images'] == 8
+    assert ssd_export.main(['--run-dir', str(out), '--out', str(tmp_path / 'deploy' / 'ft')]) == 0
+    exported = json.loads((tmp_path / 'deploy' / 'ft-meta.json').read_text())
+    assert exported['classes'] == ['raccoon'] and exported['model'] == 'tiny_ssd'
+
+
+@pytest.mark.slow
 def test_dist_sync_two_workers_with_launcher(data_root, tmp_path):
     out = tmp_path / 'dist'
     cmd = [sys.executable, '-m', 'gluon_ssd.launch', '-n', '2', '-s', '1', '--timeout', '240',

@@ -15,8 +15,9 @@ import numpy as np
 
 from gluon_ssd.errors import UserError
 
-__all__ = ['RUN_META', 'make_meta', 'save_meta', 'read_json', 'read_meta', 'find_meta', 'resolve_source',
-           'load_model', 'input_transform', 'map_boxes_to_original', 'finite_detections']
+__all__ = ['RUN_META', 'make_meta', 'save_meta', 'read_json', 'read_meta', 'find_meta',
+           'resolve_source', 'is_zoo_detector', 'load_model', 'input_transform',
+           'map_boxes_to_original', 'finite_detections']
 
 RUN_META = 'model.json'          # in a run directory: describes every .params file there
 _FILE_META_SUFFIX = '.meta.json'  # beside one file: best.params -> best.meta.json
@@ -159,14 +160,24 @@ def _meta_with_flags(meta, params, network, data_shape, classes, decoder):
     return meta
 
 
+def is_zoo_detector(spec):
+    """Whether ``spec`` names a zoo detector with trained weights in GluonCV's model store
+    (e.g. ``ssd_300_vgg16_atrous_voc``) rather than a file."""
+    from gluon_ssd.model.zoo import list_models
+    return isinstance(spec, str) and spec in list_models() and not os.path.exists(spec) \
+        and not spec.startswith('tiny_ssd') and not spec.endswith('_custom')
+
+
 def load_model(params=None, run_dir=None, network=None, data_shape=None, classes=None,
                decoder=None, nms_thresh=0.45, nms_topk=400, post_nms=100, ctx=None,
-               hybridize=True, amp=False):
+               hybridize=True, amp=False, pretrained=None, **kwargs):
     """Build a trained SSD and load its weights: the one way every tool loads a model.
 
     Parameters
     ----------
-    params, run_dir : see :func:`resolve_source` (at least one).
+    params, run_dir : see :func:`resolve_source` (one of them, or ``pretrained``).
+    pretrained : a zoo detector name (:func:`is_zoo_detector`: GluonCV's trained weights from
+        the model store, downloaded when absent) or a ``.params`` file (as ``params``).
     network, data_shape : only for a ``.params`` file without a meta file (else they must agree
         with it); defaults tiny_ssd and the network's default size.
     classes : list of str: required without a meta file; with one, renames its classes (same
@@ -180,20 +191,32 @@ def load_model(params=None, run_dir=None, network=None, data_shape=None, classes
     """
     import mxnet as mx
     from gluon_ssd.model.zoo import get_model
-    params, meta = resolve_source(run_dir, params)
-    meta = _meta_with_flags(meta, params, network, data_shape, classes, decoder)
     ctx = ctx or [mx.cpu()]
     if amp:
         _check_amp(ctx, hybridize)
-    net = get_model(meta['model'], classes=meta['classes'], decoder=meta['decoder'],
-                    nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
-    try:
-        net.load_parameters(params, ctx=ctx)
-    except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.split(', which contains')[0][:200]
-        raise UserError(f"--params {params}: its weights do not fit {meta['model']} with "
-                        f"{len(meta['classes'])} classes ({first})") from None
+    settings = dict(nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms, **kwargs)
+    if is_zoo_detector(pretrained):
+        if params or run_dir:
+            raise UserError("--pretrained NAME and --params/--run-dir are alternatives; pick one")
+        net = get_model(pretrained, pretrained=True, decoder=decoder or 'per_class', **settings)
+        meta = _meta_with_flags(make_meta(pretrained, net.classes, decoder or 'per_class'),
+                                pretrained, network, data_shape, classes, decoder)
+        if classes:
+            net.reset_class(meta['classes'], reuse_weights=dict(enumerate(range(len(classes)))))
+        net.collect_params().reset_ctx(ctx)
+        params = pretrained
+    else:
+        params, meta = resolve_source(run_dir, params or pretrained)
+        meta = _meta_with_flags(meta, params, network, data_shape, classes, decoder)
+        net = get_model(meta['model'], classes=meta['classes'], decoder=meta['decoder'],
+                        **settings)
+        try:
+            net.load_parameters(params, ctx=ctx)
+        except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first.split(', which contains')[0][:200]
+            raise UserError(f"--params {params}: its weights do not fit {meta['model']} with "
+                            f"{len(meta['classes'])} classes ({first})") from None
     if amp:
         net.set_precision('bfloat16')
     if hybridize:
