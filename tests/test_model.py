@@ -120,20 +120,21 @@ def test_pretrained_base_gluoncv_backbone_file(tmp_path):
 
 
 def test_pretrained_base_errors(tmp_path, monkeypatch):
+    from gluon_ssd.errors import UserError
     monkeypatch.setenv('MXNET_HOME', str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'models'))):
+    # offline: nothing to download from -> one line with the cache path and the way out
+    monkeypatch.setenv('MXNET_GLUON_REPO', (tmp_path / 'no_repo').as_uri() + '/')
+    with pytest.raises(UserError, match=re.escape(str(tmp_path / 'models'))) as err:
         resolve_pretrained(True, 'vgg16_atrous')
-    with pytest.raises(FileNotFoundError, match='no such'):
+    assert 'pretrained_base=False' in str(err.value) and '\n' not in str(err.value)
+    assert not (tmp_path / 'models').exists() or not list((tmp_path / 'models').iterdir())
+    with pytest.raises((FileNotFoundError, UserError), match='no such|not found'):
         resolve_pretrained(str(tmp_path / 'missing.params'), 'vgg16_atrous')
     with pytest.raises(ValueError, match='pretrained_base'):
         resolve_pretrained(3, 'vgg16_atrous')
     with pytest.raises(ValueError, match='TinySSD has no pretrained'):
         get_model('tiny_ssd', pretrained_base=True)
     assert resolve_pretrained(False, 'vgg16_atrous') is None
-    cached = tmp_path / 'models' / 'vgg16_atrous-4fa2e1ad.params'
-    cached.parent.mkdir()
-    cached.write_bytes(b'')
-    assert resolve_pretrained(True, 'vgg16_atrous') == str(cached)
 
 
 # ------------------------------------------------------------------------------------ SSD300

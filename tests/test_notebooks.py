@@ -89,7 +89,7 @@ def test_notebooks_in_sync_with_sources():
 
 def test_committed_notebooks_have_no_outputs():
     names = sorted(NOTEBOOKS.glob('[0-9][0-9]_*.ipynb'))
-    assert len(names) == 5, names
+    assert len(names) == 6, names
     for path in names:
         nb = nbformat.read(str(path), as_version=4)
         for cell in nb.cells:
@@ -164,3 +164,29 @@ def test_05_your_own_data(tmp_path, monkeypatch):
     assert res['predicted_images'] == 3
     assert res['export_same_ids'] and res['export_max_box_diff'] < 1e-3
     assert count_images(nb) >= 4
+
+
+@pytest.mark.slow
+def test_06_finetune_pretrained(tmp_path, monkeypatch):
+    monkeypatch.delenv('GLUON_SSD_NB06_PRETRAINED', raising=False)
+    nb, res = execute_notebook('06_finetune_pretrained.ipynb', tmp_path, monkeypatch)
+    assert res['mode'] == 'self-trained'          # quick mode never downloads
+    runs = tmp_path / 'work' / 'runs' / 'nb06_quick'
+    assert res['pretrained'].endswith('best.params')
+    assert (runs / 'pretrain' / 'model.json').is_file()
+    for name in ('config.json', 'metrics.jsonl', 'best.params', 'model.json', 'curves.png',
+                 'detections.png', 'eval.json'):
+        assert (runs / 'finetune' / name).is_file(), name
+    assert (runs / 'scratch' / 'metrics.jsonl').is_file()
+    # the fine-tuned detector predicts the dataset's classes, not the stand-in's shapes
+    ft_meta = json.loads((runs / 'finetune' / 'model.json').read_text())
+    assert ft_meta['classes'] == res['classes'] == res['finetune_meta']['classes']
+    assert ft_meta['model'] == json.loads((runs / 'pretrain' / 'model.json').read_text())['model']
+    assert res['reset_background_kept'] is True     # fine-tuning keeps the background rows
+    assert res['epochs'] == 1
+    assert 0 <= res['finetune_map'] <= 1 and 0 <= res['scratch_map'] <= 1
+    assert res['eval_images'] == 4 and 0 <= res['eval_map']['voc07'] <= 1
+    assert res['predicted_images'] == 3 and res['prediction_files'] == 6
+    assert res['api_matches_cli']
+    assert count_images(nb) >= 5
+    assert "MODE = 'self-trained'" in all_text(nb)

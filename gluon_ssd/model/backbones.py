@@ -5,19 +5,23 @@ map first. It exposes:
 
 * ``channels``: the list ``[C_0, C_1, ...]`` of output channels (the predictors' in_channels);
 * ``added_blocks()``: the sub-blocks that are never loaded from a pretrained base (the extra
-  layers); ``SSD`` applies its ``init`` choice to them.
+  layers); ``SSD`` applies its ``init`` choice to them;
+* ``gluoncv_layout``: which of GluonCV's SSD weight-file layouts it corresponds to (a key of
+  ``gluoncv_weights.NAME_MAPS``, or ``None`` when GluonCV has no such network).
 
 Backbones that can start from ImageNet weights take ``pretrained_base``: ``False`` (random
-initialisation), a path to a local ``.params`` file, or ``True`` for the file GluonCV keeps in its
-model cache (``$MXNET_HOME/models`` or ``~/.mxnet/models``). Nothing is ever downloaded.
+initialisation), a path to a local ``.params`` file, or ``True`` for GluonCV's model-store file of
+the base network (``gluon_ssd.model.store``: the cached file, downloaded into
+``$MXNET_HOME/models`` when absent).
 
-The ResNet50-v1 and MobileNet1.0 networks themselves come from ``gluoncv.model_zoo`` (built with
-``pretrained=False``); the extractors below cut their ``features`` sequence at the same layers
-GluonCV's SSD presets name (``stage3_activation5``/``stage4_activation2`` and
-``relu22_fwd``/``relu26_fwd``) and append the extra layers written here.
+The classification networks themselves come from ``gluoncv.model_zoo`` (built with
+``pretrained=False``); the extractors below take the feature maps GluonCV's SSD presets name
+(e.g. ``stage3_activation5``/``stage4_activation2`` of ResNet50-v1, ``relu22_fwd``/``relu26_fwd``
+of MobileNet) and append the extra layers written here.
 """
-import glob
+import importlib
 import os
+from functools import partial
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
@@ -25,8 +29,9 @@ from mxnet.gluon import HybridBlock, nn
 from gluon_ssd.model.blocks import DownSampleBlock, L2Normalization
 
 __all__ = ['TinySSDFeatures', 'VGGAtrousFeatures', 'ExpandedBackboneFeatures',
-           'vgg16_atrous_300', 'vgg16_atrous_512', 'resnet50_v1_512', 'mobilenet1_0_512',
-           'tiny_ssd_base', 'BACKBONES', 'get_backbone', 'resolve_pretrained']
+           'ResNetV1bFeatures', 'vgg16_atrous_300', 'vgg16_atrous_512', 'resnet50_v1_512',
+           'mobilenet1_0_512', 'tiny_ssd_base', 'GLUONCV_BASES', 'EXPANDED_BACKBONES',
+           'BACKBONES', 'get_backbone', 'resolve_pretrained']
 
 # ---------------------------------------------------------------------------------------------
 # Architecture tables (plain data)
@@ -59,18 +64,55 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: while our transforms feed (x / 255 - mean) / std, so the network multiplies by std * 255.
 VGG_INPUT_SCALE = tuple(s * 255 for s in IMAGENET_STD)
 
-#: GluonCV backbones cut into two feature maps: ``cuts`` are the end indices (exclusive) of the
-#: two slices of ``net.features`` (ResNet50-v1: end of stage3 / stage4; MobileNet1.0: the
-#: pointwise ReLUs named relu22 / relu26), ``channels`` their output channels.
+#: GluonCV classification networks and where GluonCV's SSD presets take their feature maps.
+#: The key is also the model-store name of the ImageNet weights. Either
+#:
+#: * ``cuts``: end indices (exclusive) of consecutive slices of ``net.features``, each slice's
+#:   output a feature map (ResNet-v1: the ends of stage3 / stage4, GluonCV's
+#:   ``stage3_activation<last>``/``stage4_activation<last>``; MobileNet: the pointwise ReLUs
+#:   ``relu22_fwd`` / ``relu26_fwd``), or
+#: * ``taps``: GluonCV's activation names ``(stage, k)`` = ``stage<s>_activation<k>`` of a
+#:   pre-activation ResNet (v2), whose bottleneck blocks have 3 activations each: activation k
+#:   is the ReLU after BatchNorm ``k % 3 + 1`` of block ``k // 3`` (inside the block, so later
+#:   maps continue from that block's full output);
+#:
+#: and ``channels``, the channels of those maps.
 GLUONCV_BASES = {
+    'resnet18_v1': {'module': 'gluoncv.model_zoo.resnet', 'builder': 'resnet18_v1',
+                    'cuts': (7, 8), 'channels': (256, 512)},
     'resnet50_v1': {'module': 'gluoncv.model_zoo.resnet', 'builder': 'resnet50_v1',
                     'cuts': (7, 8), 'channels': (1024, 2048)},
+    'resnet101_v2': {'module': 'gluoncv.model_zoo.resnet', 'builder': 'resnet101_v2',
+                     'taps': (('stage3', 22), ('stage4', 2)), 'channels': (256, 512)},
+    'resnet152_v2': {'module': 'gluoncv.model_zoo.resnet', 'builder': 'resnet152_v2',
+                     'taps': (('stage2', 7), ('stage3', 35), ('stage4', 2)),
+                     'channels': (128, 256, 512)},
     'mobilenet1.0': {'module': 'gluoncv.model_zoo.mobilenet', 'builder': 'mobilenet1_0',
                      'cuts': (69, 81), 'channels': (512, 1024)},
+    'mobilenet0.25': {'module': 'gluoncv.model_zoo.mobilenet', 'builder': 'mobilenet0_25',
+                      'cuts': (69, 81), 'channels': (128, 256)},
 }
 
-#: Extra layers GluonCV's presets append to ResNet50-v1 / MobileNet1.0 at 512 px.
+#: Extra layers GluonCV's presets append to ResNet18/50-v1, ResNet101/152-v2, MobileNet1.0 at
+#: 512 px.
 EXPANDED_FILTERS_512 = (512, 512, 256, 256)
+
+#: The zoo's expanded backbones: name -> (key of GLUONCV_BASES, extra filters, options of
+#: :class:`ExpandedBackboneFeatures`). ``mobilenet1.0_lite_300`` is GluonCV's "lite" variant
+#: (transition convs at half the filters, at least 64).
+EXPANDED_BACKBONES = {
+    'resnet18_v1_512': ('resnet18_v1', EXPANDED_FILTERS_512, {}),
+    'resnet50_v1_512': ('resnet50_v1', EXPANDED_FILTERS_512, {}),
+    'resnet101_v2_512': ('resnet101_v2', EXPANDED_FILTERS_512, {}),
+    'resnet152_v2_512': ('resnet152_v2', EXPANDED_FILTERS_512, {}),
+    'mobilenet1.0_512': ('mobilenet1.0', EXPANDED_FILTERS_512, {}),
+    'mobilenet1.0_lite_300': ('mobilenet1.0', (512, 256, 256, 128),
+                              {'min_depth': 64, 'reduce_ratio': 0.5}),
+    'mobilenet0.25_300': ('mobilenet0.25', (256, 256, 128, 128), {}),
+}
+
+#: Extra layers of the ResNet34-v1b backbone at 300 px (no BatchNorm; the last one unpadded).
+RESNET_V1B_FILTERS_300 = (256, 256, 128, 128)
 
 
 def _xavier_out():
@@ -82,25 +124,23 @@ def _xavier_out():
 # Pretrained weights
 # ---------------------------------------------------------------------------------------------
 
-def _model_cache_dir():
-    """GluonCV's weight cache: ``$MXNET_HOME/models`` or ``~/.mxnet/models``."""
-    home = os.environ.get('MXNET_HOME', os.path.join('~', '.mxnet'))
-    return os.path.expanduser(os.path.join(home, 'models'))
-
-
-def resolve_pretrained(pretrained_base, cache_name):
+def resolve_pretrained(pretrained_base, store_name, root=None):
     """Turn a ``pretrained_base`` argument into a ``.params`` path, or ``None``.
 
     Parameters
     ----------
     pretrained_base : bool or str or None
         ``False``/``None``: no pretrained weights. A string: path of a local ``.params`` file
-        (must exist). ``True``: GluonCV's cached file ``<cache>/<cache_name>-<hash>.params``.
-    cache_name : str
-        GluonCV's model-store name (``'vgg16_atrous'``, ``'resnet50_v1'``, ``'mobilenet1.0'``).
+        (must exist). ``True``: GluonCV's model-store file ``store_name`` (see
+        ``gluon_ssd.model.store.get_weights``: the cached file, downloaded when absent).
+    store_name : str
+        GluonCV's model-store name of the base (``'vgg16_atrous'``, ``'resnet50_v1'``,
+        ``'mobilenet1.0'``, ``'resnet34_v1b'``, ...).
+    root : str, optional
+        Weight cache directory (default ``$MXNET_HOME/models`` or ``~/.mxnet/models``).
 
-    Raises ``FileNotFoundError`` naming the expected location when the file is absent (no
-    download is attempted).
+    Raises ``FileNotFoundError`` for a missing local file, and ``UserError`` (one line, naming the
+    URL, the cache path and ``pretrained_base=False``) when a download fails.
     """
     if pretrained_base is None or pretrained_base is False:
         return None
@@ -110,19 +150,8 @@ def resolve_pretrained(pretrained_base, cache_name):
             raise FileNotFoundError(f"pretrained_base: no such .params file: {path}")
         return path
     if pretrained_base is True:
-        root = _model_cache_dir()
-        found = sorted(glob.glob(os.path.join(root, f'{cache_name}-*.params')))
-        if found:
-            return found[-1]
-        try:
-            from gluoncv.model_zoo.model_store import short_hash
-            expected = os.path.join(root, f'{cache_name}-{short_hash(cache_name)}.params')
-        except (ImportError, ValueError):
-            expected = os.path.join(root, f'{cache_name}-<hash>.params')
-        raise FileNotFoundError(
-            f"pretrained_base=True: GluonCV's '{cache_name}' weights are not in the model cache "
-            f"and cannot be downloaded here. Put the file at {expected} (or pass "
-            f"pretrained_base='/path/to/file.params', or pretrained_base=False).")
+        from gluon_ssd.model import store
+        return store.get_weights(store_name, root, skip_hint='pretrained_base=False')
     raise ValueError("pretrained_base must be False, True or a path to a .params file, "
                      f"got {pretrained_base!r}")
 
@@ -139,6 +168,8 @@ class TinySSDFeatures(HybridBlock):
     DownSampleBlock(128) and a global max pooling. Trained from scratch, so every layer counts
     as an added layer.
     """
+
+    gluoncv_layout = None   # GluonCV has no TinySSD
 
     def __init__(self, base_channels=(16, 32, 64), extra_channels=(128, 128, 128), **kwargs):
         super().__init__(**kwargs)
@@ -193,10 +224,14 @@ class VGGAtrousFeatures(HybridBlock):
     im_size : int
         300 or 512 (selects the extra layers).
     pretrained_base : bool or str
-        See :func:`resolve_pretrained` (cache name ``'vgg16_atrous'``); extras stay random.
+        See :func:`resolve_pretrained` (store name ``'vgg16_atrous'``); extras stay random.
+    root : str, optional
+        Weight cache directory for ``pretrained_base=True``.
     """
 
-    def __init__(self, im_size, pretrained_base=False, **kwargs):
+    gluoncv_layout = 'vgg16_atrous'
+
+    def __init__(self, im_size, pretrained_base=False, root=None, **kwargs):
         super().__init__(**kwargs)
         if im_size not in VGG_EXTRA_LAYERS:
             raise ValueError(f"im_size must be one of {sorted(VGG_EXTRA_LAYERS)}, got {im_size!r}")
@@ -237,7 +272,7 @@ class VGGAtrousFeatures(HybridBlock):
                         extra.add(nn.Activation('relu'))
                         in_channels = channels
                 self.extras.add(extra)
-        path = resolve_pretrained(pretrained_base, 'vgg16_atrous')
+        path = resolve_pretrained(pretrained_base, 'vgg16_atrous', root)
         if path is not None:
             self.initialize()
             self.load_parameters(path, allow_missing=True, ignore_extra=True)
@@ -268,69 +303,246 @@ class VGGAtrousFeatures(HybridBlock):
 # GluonCV classification backbones + extra layers
 # ---------------------------------------------------------------------------------------------
 
-def _extra_block(in_channels, trans_channels, channels):
-    """1x1 transition conv + 3x3 stride-2 conv, each without bias, BatchNorm and ReLU:
-    ``(B, C, h, w) -> (B, channels, ceil(h / 2), ceil(w / 2))``.
+def _extra_block(in_channels, trans_channels, channels, use_bn=True, padding=1):
+    """1x1 transition conv + 3x3 stride-2 conv, each followed by ReLU:
+    ``(B, C, h, w) -> (B, channels, (h + 2 * padding - 3) // 2 + 1, ...)``.
 
-    The BatchNorms keep gamma fixed at 1 and use eps 1e-3 (the defaults of the symbolic
-    BatchNorm GluonCV's expander builds), so results match GluonCV's models exactly.
+    ``use_bn=True``: the convs have no bias and each is followed by a BatchNorm with gamma
+    fixed at 1 and eps 1e-3 (the defaults of the symbolic BatchNorm GluonCV's expander builds),
+    layout ``[conv, bn, relu, conv, bn, relu]``. ``use_bn=False``: convs with bias, layout
+    ``[conv, relu, conv, relu]`` (GluonCV's ResNet34-v1b SSD).
     """
     block = nn.HybridSequential(prefix='')
-    conv_init = {'weight_initializer': _xavier_out(), 'use_bias': False}
+    conv_init = {'weight_initializer': _xavier_out(), 'use_bias': not use_bn}
     with block.name_scope():
         block.add(nn.Conv2D(trans_channels, kernel_size=1, in_channels=in_channels, **conv_init))
-        block.add(nn.BatchNorm(scale=False, epsilon=1e-3, in_channels=trans_channels))
+        if use_bn:
+            block.add(nn.BatchNorm(scale=False, epsilon=1e-3, in_channels=trans_channels))
         block.add(nn.Activation('relu'))
-        block.add(nn.Conv2D(channels, kernel_size=3, strides=2, padding=1,
+        block.add(nn.Conv2D(channels, kernel_size=3, strides=2, padding=padding,
                             in_channels=trans_channels, **conv_init))
-        block.add(nn.BatchNorm(scale=False, epsilon=1e-3, in_channels=channels))
+        if use_bn:
+            block.add(nn.BatchNorm(scale=False, epsilon=1e-3, in_channels=channels))
         block.add(nn.Activation('relu'))
     return block
 
 
-class ExpandedBackboneFeatures(HybridBlock):
-    """A GluonCV classification network cut into two feature maps, plus stride-2 extra layers.
+def _build_gluoncv_base(base, pretrained_base, root):
+    """GluonCV's classification network ``base`` (a key of :data:`GLUONCV_BASES`), with its
+    ImageNet weights when ``pretrained_base`` asks for them (loaded before it is cut)."""
+    spec = GLUONCV_BASES[base]
+    builder = getattr(importlib.import_module(spec['module']), spec['builder'])
+    network = builder(pretrained=False)
+    path = resolve_pretrained(pretrained_base, base, root)
+    if path is not None:
+        network.load_parameters(path, allow_missing=False, ignore_extra=True)
+    return network
 
-    ``(B, 3, S, S) -> [(B, C_a, S/16, S/16), (B, C_b, S/32, S/32), (B, f_0, S/64, S/64), ...]``
-    (ceil division). For ResNet50-v1 / MobileNet1.0 at 512 px: 32, 16, 8, 4, 2, 1.
+
+class _PreActTap(HybridBlock):
+    """A run of a pre-activation ResNet (GluonCV's ResNet-v2) that ends inside a bottleneck.
+
+    ``x -> (tap, carry)``: ``layers`` run in turn, then the bottleneck ``block`` up to its
+    activation ``act`` (0, 1 or 2: the ReLU after ``bn1``, ``bn2`` or ``bn3``), which is
+    ``tap``. With ``complete`` the block is finished (``conv3`` plus the shortcut) and
+    ``carry`` is its output, the input of the next run; without, ``carry`` is ``tap`` and the
+    block's later layers are not held (GluonCV's SSD graph never uses them, so its weight
+    files do not have them).
+    """
+
+    def __init__(self, layers, block, act, complete, **kwargs):
+        super().__init__(**kwargs)
+        self._act = act
+        norms = [block.bn1, block.bn2, block.bn3]
+        convs = [block.conv1, block.conv2, block.conv3]
+        with self.name_scope():
+            self.body = nn.HybridSequential(prefix='')
+            for layer in layers:
+                self.body.add(layer)
+            self.norms = nn.HybridSequential(prefix='')
+            self.convs = nn.HybridSequential(prefix='')
+            for norm in norms[:3 if complete else act + 1]:
+                self.norms.add(norm)
+            for conv in convs[:3 if complete else act]:
+                self.convs.add(conv)
+            self.shortcut = block.downsample if complete else None
+
+    def hybrid_forward(self, F, x):
+        """``x -> (tap, carry)`` (see the class docstring)."""
+        x = self.body(x)
+        y, shortcut, tap = x, x, None
+        for i, norm in enumerate(self.norms):
+            y = F.Activation(norm(y), act_type='relu')
+            if i == 0 and self.shortcut is not None:
+                shortcut = self.shortcut(y)   # pre-activation shortcut: from relu(bn1(x))
+            if i == self._act:
+                tap = y
+            if i < len(self.convs):
+                y = self.convs[i](y)
+        if len(self.convs) < 3:
+            return tap, tap
+        return tap, y + shortcut
+
+
+def _tapped_runs(network, taps):
+    """Split a GluonCV ResNet-v2 into one :class:`_PreActTap` per entry of ``taps``."""
+    features = list(network.features)
+    stages = {}
+    for child in features:
+        name = child.prefix[len(network.prefix):].rstrip('_')
+        if name.startswith('stage'):
+            stages[name] = child
+    first = features.index(stages['stage1'])
+    units = features[:first] + [blk for name in sorted(stages) for blk in stages[name]]
+    runs, start = [], 0
+    for i, (stage, k) in enumerate(taps):
+        block = stages[stage][k // 3]
+        position = units.index(block)
+        runs.append(_PreActTap(units[start:position], block, k % 3, complete=i < len(taps) - 1))
+        start = position + 1
+    return runs
+
+
+class ExpandedBackboneFeatures(HybridBlock):
+    """A GluonCV classification network cut into feature maps, plus stride-2 extra layers.
+
+    ``(B, 3, S, S) -> [base maps..., (B, f_0, ., .), (B, f_1, ., .), ...]``: the base maps
+    GluonCV's SSD presets take (:data:`GLUONCV_BASES`; strides 16 and 32, or 8, 16 and 32 for
+    ResNet152-v2), then one map per extra filter count, each half the size of the previous one
+    (ceil). For ResNet50-v1 / MobileNet1.0 at 512 px: 32, 16, 8, 4, 2, 1.
+
+    The base pieces are held as ``stage_a``, ``stage_b`` (, ``stage_c``); their parameters keep
+    GluonCV's names, with the network's prefix ``base_prefix`` (how GluonCV's SSD weight files
+    name them, see ``gluoncv_weights``). The pieces of a ResNet-v2 are hybridized at once (they
+    run as a graph even in an imperative SSD, as in GluonCV; imperatively MXNet rounds these
+    blocks differently, ~1e-6 on the scores).
 
     Parameters
     ----------
     base : str
-        Key of :data:`GLUONCV_BASES` (``'resnet50_v1'`` or ``'mobilenet1.0'``).
+        Key of :data:`GLUONCV_BASES` (``'resnet50_v1'``, ``'mobilenet1.0'``, ...).
     num_filters : sequence of int
         Channels of each extra feature map; each extra block is a 1x1 transition conv with
-        ``max(min_depth, f)`` channels and a 3x3 stride-2 conv with ``f`` channels.
+        ``max(min_depth, round(f * reduce_ratio))`` channels and a 3x3 stride-2 conv with ``f``
+        channels, each with BatchNorm and ReLU.
     pretrained_base : bool or str
         See :func:`resolve_pretrained`; the file is loaded into the whole GluonCV network
         (classifier weights are ignored) before it is cut.
     min_depth : int
-        Minimum channels of the transition convs (128 as GluonCV).
+        Minimum channels of the transition convs (128 as GluonCV; 64 for the "lite" variant).
+    reduce_ratio : float
+        Transition channels relative to the filters (1.0; 0.5 for the "lite" variant).
+    root : str, optional
+        Weight cache directory for ``pretrained_base=True``.
     """
 
+    gluoncv_layout = 'expanded'
+
     def __init__(self, base, num_filters=EXPANDED_FILTERS_512, pretrained_base=False,
-                 min_depth=128, **kwargs):
+                 min_depth=128, reduce_ratio=1.0, root=None, **kwargs):
         super().__init__(**kwargs)
         if base not in GLUONCV_BASES:
             raise ValueError(f"base must be one of {sorted(GLUONCV_BASES)}, got {base!r}")
         spec = GLUONCV_BASES[base]
-        import importlib
-        builder = getattr(importlib.import_module(spec['module']), spec['builder'])
-        network = builder(pretrained=False)
-        path = resolve_pretrained(pretrained_base, base)
-        if path is not None:
-            network.load_parameters(path, allow_missing=False, ignore_extra=True)
-        first_end, second_end = spec['cuts']
+        network = _build_gluoncv_base(base, pretrained_base, root)
+        self.base_prefix = network.prefix
+        if 'cuts' in spec:
+            bounds = (0,) + tuple(spec['cuts'])
+            pieces = [network.features[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        else:
+            pieces = _tapped_runs(network, spec['taps'])
+            # GluonCV runs its bases as a symbol graph; MXNet computes these pre-activation
+            # blocks with other float rounding imperatively, so they always run as a graph
+            # (as part of the SSD's graph once that is hybridized): bit-identical to GluonCV.
+            for piece in pieces:
+                piece.hybridize()
         self.channels = list(spec['channels']) + list(num_filters)
+        self._stage_names = ['stage_' + 'abcdefgh'[i] for i in range(len(pieces))]
         with self.name_scope():
-            self.stage_a = network.features[:first_end]
-            self.stage_b = network.features[first_end:second_end]
+            for attr, piece in zip(self._stage_names, pieces):
+                setattr(self, attr, piece)
             self.extras = nn.HybridSequential()
-            for in_channels, f in zip(self.channels[1:], num_filters):
-                self.extras.add(_extra_block(in_channels, max(min_depth, f), f))
+            for in_channels, f in zip(self.channels[len(pieces) - 1:], num_filters):
+                trans = max(min_depth, int(round(f * reduce_ratio)))
+                self.extras.add(_extra_block(in_channels, trans, f))
 
     def added_blocks(self):
         """The extra stride-2 layers (never part of a pretrained base)."""
+        return [self.extras]
+
+    def hybrid_forward(self, F, x):
+        """``x (B, 3, S, S) -> list of feature maps`` (see class docstring)."""
+        outputs = []
+        for attr in self._stage_names:
+            out = getattr(self, attr)(x)
+            if isinstance(out, (list, tuple)):     # a run ending inside a block: (tap, carry)
+                outputs.append(out[0])
+                x = out[1]
+            else:
+                outputs.append(out)
+                x = out
+        x = outputs[-1]
+        for extra in self.extras:
+            x = extra(x)
+            outputs.append(x)
+        return outputs
+
+
+class ResNetV1bFeatures(HybridBlock):
+    """GluonCV's ResNet34-v1b with its third stage kept at stride 8, plus extra layers (the
+    feature extractor of GluonCV's ``ssd_300_resnet34_v1b_*``).
+
+    ``(B, 3, 300, 300) -> [(B, 128, 38, 38), (B, 512, 19, 19), (B, 256, 10, 10),
+    (B, 256, 5, 5), (B, 128, 3, 3), (B, 128, 1, 1)]``: ``stage_a`` = stem + ``layer1`` +
+    ``layer2``; ``stage_b`` = ``layer3`` (its first block's conv and shortcut at stride 1
+    instead of 2) + ``layer4``; ``extras``: per filter count ``f`` a 1x1 conv with
+    ``max(min_depth, f)`` channels and a 3x3 stride-2 conv with ``f`` channels, both with bias
+    and ReLU and no BatchNorm, padding 1 except the last (0).
+
+    Parameters
+    ----------
+    num_filters : sequence of int
+        Channels of the extra maps (:data:`RESNET_V1B_FILTERS_300`).
+    pretrained_base : bool or str
+        See :func:`resolve_pretrained` (store name ``'resnet34_v1b'``), loaded before the
+        stride change.
+    min_depth : int
+        Minimum channels of the 1x1 convs.
+    root : str, optional
+        Weight cache directory for ``pretrained_base=True``.
+    """
+
+    gluoncv_layout = 'resnet_v1b'
+
+    def __init__(self, num_filters=RESNET_V1B_FILTERS_300, pretrained_base=False, min_depth=128,
+                 root=None, **kwargs):
+        super().__init__(**kwargs)
+        from gluoncv.model_zoo.resnetv1b import resnet34_v1b
+        network = resnet34_v1b(pretrained=False)
+        path = resolve_pretrained(pretrained_base, 'resnet34_v1b', root)
+        if path is not None:
+            network.load_parameters(path, allow_missing=False, ignore_extra=True)
+        first = network.layer3[0]
+        # Convolution stride is an operator argument of the built layer: set it to 1 in place
+        first.conv1._kwargs['stride'] = (1, 1)          # pylint: disable=protected-access
+        first.downsample[0]._kwargs['stride'] = (1, 1)  # pylint: disable=protected-access
+        self.channels = [128, 512] + list(num_filters)
+        with self.name_scope():
+            self.stage_a = nn.HybridSequential(prefix='')
+            for layer in (network.conv1, network.bn1, network.relu, network.maxpool,
+                          network.layer1, network.layer2):
+                self.stage_a.add(layer)
+            self.stage_b = nn.HybridSequential(prefix='')
+            self.stage_b.add(network.layer3)
+            self.stage_b.add(network.layer4)
+            self.extras = nn.HybridSequential()
+            last = len(num_filters) - 1
+            for i, (in_channels, f) in enumerate(zip(self.channels[1:], num_filters)):
+                self.extras.add(_extra_block(in_channels, max(min_depth, f), f, use_bn=False,
+                                             padding=0 if i == last else 1))
+
+    def added_blocks(self):
+        """The extra layers (never part of a pretrained base)."""
         return [self.extras]
 
     def hybrid_forward(self, F, x):
@@ -349,52 +561,64 @@ class ExpandedBackboneFeatures(HybridBlock):
 # Named constructors (what the zoo presets refer to)
 # ---------------------------------------------------------------------------------------------
 
-def tiny_ssd_base(pretrained_base=False):
+def tiny_ssd_base(pretrained_base=False, root=None):
     """d2l's TinySSD extractor (no pretrained weights exist; ``pretrained_base`` must be False
-    or a ``.params`` file saved from a ``TinySSDFeatures``)."""
+    or a ``.params`` file saved from a ``TinySSDFeatures``; ``root`` is unused)."""
     if pretrained_base is True:
         raise ValueError("pretrained_base=True: TinySSD has no pretrained base; pass False or "
                          "a path to a .params file saved from TinySSDFeatures")
     net = TinySSDFeatures()
-    path = resolve_pretrained(pretrained_base, 'tiny_ssd')
+    path = resolve_pretrained(pretrained_base, 'tiny_ssd', root)
     if path is not None:
         net.initialize()
         net.load_parameters(path)
     return net
 
 
-def vgg16_atrous_300(pretrained_base=False):
+def vgg16_atrous_300(pretrained_base=False, root=None):
     """VGG16-atrous extractor for 300 px inputs (6 maps: 38, 19, 10, 5, 3, 1)."""
-    return VGGAtrousFeatures(300, pretrained_base=pretrained_base)
+    return VGGAtrousFeatures(300, pretrained_base=pretrained_base, root=root)
 
 
-def vgg16_atrous_512(pretrained_base=False):
+def vgg16_atrous_512(pretrained_base=False, root=None):
     """VGG16-atrous extractor for 512 px inputs (7 maps: 64, 32, 16, 8, 4, 2, 1)."""
-    return VGGAtrousFeatures(512, pretrained_base=pretrained_base)
+    return VGGAtrousFeatures(512, pretrained_base=pretrained_base, root=root)
 
 
-def resnet50_v1_512(pretrained_base=False):
+def _expanded(name, pretrained_base=False, root=None):
+    """The expanded backbone ``name`` of :data:`EXPANDED_BACKBONES`."""
+    base, filters, options = EXPANDED_BACKBONES[name]
+    return ExpandedBackboneFeatures(base, filters, pretrained_base, root=root, **options)
+
+
+def resnet50_v1_512(pretrained_base=False, root=None):
     """ResNet50-v1 + 4 extra layers for 512 px inputs (6 maps: 32, 16, 8, 4, 2, 1)."""
-    return ExpandedBackboneFeatures('resnet50_v1', EXPANDED_FILTERS_512, pretrained_base)
+    return _expanded('resnet50_v1_512', pretrained_base, root)
 
 
-def mobilenet1_0_512(pretrained_base=False):
+def mobilenet1_0_512(pretrained_base=False, root=None):
     """MobileNet1.0 + 4 extra layers for 512 px inputs (6 maps: 32, 16, 8, 4, 2, 1)."""
-    return ExpandedBackboneFeatures('mobilenet1.0', EXPANDED_FILTERS_512, pretrained_base)
+    return _expanded('mobilenet1.0_512', pretrained_base, root)
 
 
-#: Backbone name (as used by the zoo presets) -> constructor ``f(pretrained_base)``.
+def resnet34_v1b_300(pretrained_base=False, root=None):
+    """ResNet34-v1b + 4 extra layers for 300 px inputs (6 maps: 38, 19, 10, 5, 3, 1)."""
+    return ResNetV1bFeatures(RESNET_V1B_FILTERS_300, pretrained_base, root=root)
+
+
+#: Backbone name (as used by the zoo presets) -> constructor ``f(pretrained_base, root)``.
 BACKBONES = {
     'tiny_ssd_base': tiny_ssd_base,
     'vgg16_atrous_300': vgg16_atrous_300,
     'vgg16_atrous_512': vgg16_atrous_512,
-    'resnet50_v1_512': resnet50_v1_512,
-    'mobilenet1.0_512': mobilenet1_0_512,
+    'resnet34_v1b_300': resnet34_v1b_300,
 }
+BACKBONES.update({name: partial(_expanded, name) for name in EXPANDED_BACKBONES})
 
 
-def get_backbone(name, pretrained_base=False):
-    """Build the feature extractor called ``name`` (a key of :data:`BACKBONES`)."""
+def get_backbone(name, pretrained_base=False, root=None):
+    """Build the feature extractor called ``name`` (a key of :data:`BACKBONES`); ``root`` is the
+    weight cache directory for ``pretrained_base=True``."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](pretrained_base)
+    return BACKBONES[name](pretrained_base, root)

@@ -163,9 +163,10 @@ def _meta_with_flags(meta, params, network, data_shape, classes, decoder):
 def is_zoo_detector(spec):
     """Whether ``spec`` names a zoo detector with trained weights in GluonCV's model store
     (e.g. ``ssd_300_vgg16_atrous_voc``) rather than a file."""
+    from gluon_ssd.model.store import is_store_name
     from gluon_ssd.model.zoo import list_models
     return isinstance(spec, str) and spec in list_models() and not os.path.exists(spec) \
-        and not spec.startswith('tiny_ssd') and not spec.endswith('_custom')
+        and is_store_name(spec)
 
 
 def load_model(params=None, run_dir=None, network=None, data_shape=None, classes=None,

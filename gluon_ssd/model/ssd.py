@@ -5,9 +5,11 @@ Training mode (``autograd.is_training()``) returns what the loss needs; inferenc
 detections. A hybridized ``SSD`` keeps one cached graph per mode, so switching between training
 and evaluation never replays the other mode's graph.
 """
+import math
 import warnings
 
 import mxnet as mx
+import numpy as np
 from mxnet import autograd
 from mxnet.gluon import HybridBlock, nn
 
@@ -16,7 +18,7 @@ from gluon_ssd.coder import DetectionHead
 from gluon_ssd.model.blocks import ConvPredictor, concat_preds
 from gluon_ssd.precision import PrecisionMixin
 
-__all__ = ['SSD', 'INITIALIZERS']
+__all__ = ['SSD', 'INITIALIZERS', 'LiteAnchorGenerator']
 
 #: Initializers for the layers SSD adds (predictors and extra feature layers), by name.
 INITIALIZERS = {
@@ -87,6 +89,30 @@ def _class_index(key, classes, which):
     return int(key)
 
 
+class LiteAnchorGenerator(AnchorGenerator):
+    """The anchors of GluonCV's ``ssd_300_mobilenet1.0_lite_coco`` (TensorFlow's SSD-MobileNet
+    layout), bit-identical to GluonCV's ``LiteAnchorGenerator``.
+
+    Same arguments and output as :class:`~gluon_ssd.anchors.AnchorGenerator`; per cell the
+    ``A = len(sizes) + len(ratios) - 1`` anchors are: ``sizes[0] / 2`` with ``ratios[0]``, then
+    ``sizes[0]`` with each of ``ratios[1:]``, then each of ``sizes[1:]`` with ``ratios[0]``.
+    GluonCV's first map has no second size, so its ``sizes`` is ``(s_0,)`` (``ratios`` [1, 2, 0.5]:
+    3 anchors) and every other map's is ``(s_k, sqrt(s_k * s_{k+1}))``.
+    """
+
+    def _widths_heights(self):
+        """Per anchor of a cell ``(w, h)`` in pixels (float64, then float32, as the parent)."""
+        sizes, ratios = self._sizes, self._ratios
+        shapes = [(sizes[0] / 2, math.sqrt(ratios[0]))]
+        shapes += [(sizes[0], math.sqrt(r)) for r in ratios[1:]]
+        shapes += [(s, math.sqrt(ratios[0])) for s in sizes[1:]]
+        wh = np.array([(s * sr, s / sr) for s, sr in shapes], dtype=np.float64).astype(np.float32)
+        if self._clip:
+            height, width = self._im_size
+            wh = np.clip(wh, np.float32(0), np.array([width, height], dtype=np.float32))
+        return tuple((float(w), float(h)) for w, h in wh)
+
+
 class SSD(PrecisionMixin, HybridBlock):
     """Single Shot MultiBox Detector.
 
@@ -114,6 +140,13 @@ class SSD(PrecisionMixin, HybridBlock):
     nms_thresh, nms_topk, post_nms : see :meth:`set_nms`.
     decoder : 'per_class' or 'argmax'
         Class decoder of the inference tail (see :meth:`set_decoder`).
+    anchor_generator : class or None
+        Anchor block per map, called as ``anchor_generator(sizes, ratios, step, im_size)``;
+        ``None`` is :class:`~gluon_ssd.anchors.AnchorGenerator` (``LiteAnchorGenerator`` for
+        GluonCV's lite preset).
+    predictor_kernel, predictor_pad : int or (int, int)
+        Geometry of the class and box predictor convolutions (3x3 pad 1; GluonCV's lite preset
+        uses 1x1 pad 0).
     init : 'xavier', 'uniform', 'normal' or an ``mx.init.Initializer``
         Initializer of the weights of the *added* layers (predictors and extra feature layers):
         ``xavier`` = ``Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)``,
@@ -135,7 +168,8 @@ class SSD(PrecisionMixin, HybridBlock):
 
     def __init__(self, features, num_filters_per_map, sizes, ratios, steps, classes, im_size,
                  stds=(0.1, 0.1, 0.2, 0.2), nms_thresh=0.45, nms_topk=400, post_nms=100,
-                 decoder='per_class', init='xavier', **kwargs):
+                 decoder='per_class', init='xavier', anchor_generator=None,
+                 predictor_kernel=(3, 3), predictor_pad=(1, 1), **kwargs):
         super().__init__(**kwargs)
         num_layers = len(sizes)
         if num_layers == 0:
@@ -160,6 +194,8 @@ class SSD(PrecisionMixin, HybridBlock):
         self._initializer = _make_initializer(init)
         self._graph_mode = None
         self._mode_graphs = {}
+        self._predictor_geometry = {'kernel': predictor_kernel, 'pad': predictor_pad}
+        anchor_generator = anchor_generator or AnchorGenerator
 
         with self.name_scope():
             self.features = features
@@ -168,14 +204,14 @@ class SSD(PrecisionMixin, HybridBlock):
             self.anchor_generators = nn.HybridSequential()
             for size, ratio, step, in_channels in zip(sizes, ratios, steps,
                                                       num_filters_per_map):
-                anchors = AnchorGenerator(size, ratio, step, self._im_size)
+                anchors = anchor_generator(size, ratio, step, self._im_size)
                 self.anchor_generators.add(anchors)
                 self.class_predictors.add(ConvPredictor(
                     anchors.num_anchors * (len(classes) + 1), in_channels=in_channels,
-                    weight_initializer=self._initializer))
+                    weight_initializer=self._initializer, **self._predictor_geometry))
                 self.box_predictors.add(ConvPredictor(
                     anchors.num_anchors * 4, in_channels=in_channels,
-                    weight_initializer=self._initializer))
+                    weight_initializer=self._initializer, **self._predictor_geometry))
             self.detection_head = DetectionHead(len(classes), stds=self._stds, decoder=decoder,
                                                 nms_thresh=nms_thresh, nms_topk=nms_topk,
                                                 post_nms=post_nms)
@@ -251,7 +287,7 @@ class SSD(PrecisionMixin, HybridBlock):
                     param.initialize(init=self._initializer, ctx=param.list_ctx(),
                                      force_reinit=True)
 
-    def reset_class(self, classes, reuse_weights=None):
+    def reset_class(self, classes, reuse_weights=None, keep_background=None):
         """Replace the class predictors for new ``classes`` (fine-tuning), GluonCV's semantics.
 
         Parameters
@@ -262,6 +298,10 @@ class SSD(PrecisionMixin, HybridBlock):
             ``{new: old}`` with class names or indices, or a list of names present in both;
             those classes (and the background) keep their trained predictor rows. ``None``
             reuses nothing.
+        keep_background : None or bool
+            Keep the trained background rows; ``None`` (GluonCV's behaviour): only when some
+            class is reused. Fine-tuning to unrelated classes keeps them (``True``): "no object
+            here" is what the detector learnt best.
 
         New predictors are initialised at once on the old predictors' contexts (with the
         ``init`` initializer); box predictors and the features are unchanged.
@@ -271,25 +311,27 @@ class SSD(PrecisionMixin, HybridBlock):
         if not new_classes:
             raise ValueError("classes must name at least one foreground class")
         mapping = _reuse_mapping(reuse_weights, old_classes, new_classes)
+        keep_background = bool(mapping) if keep_background is None else keep_background
         old_k, new_k = len(old_classes) + 1, len(new_classes) + 1
         predictors = nn.HybridSequential(prefix=self.class_predictors.prefix)
         for old_pred, anchors in zip(self.class_predictors, self.anchor_generators):
             old_weight = old_pred.predictor.weight
-            if mapping and old_weight._data is None:
+            if (mapping or keep_background) and old_weight._data is None:
                 raise RuntimeError("reset_class: reuse_weights needs initialised predictors; "
                                    "call initialize() and run one forward pass first")
             in_channels = old_weight.shape[1] if old_weight.shape else 0
             new_pred = ConvPredictor(anchors.num_anchors * new_k, in_channels=in_channels,
                                      weight_initializer=self._initializer,
-                                     prefix=old_pred.prefix)
+                                     prefix=old_pred.prefix, **self._predictor_geometry)
             if old_weight._data is not None:
                 new_pred.initialize(ctx=old_weight.list_ctx())
-            if mapping:
+            if mapping or keep_background:
                 for old_param, new_param in zip(old_pred.predictor.params.values(),
                                                 new_pred.predictor.params.values()):
                     old_data, new_data = old_param.data(), new_param.data().copy()
                     # channel a * K + c holds class c of anchor a; column 0 is the background
-                    new_data[0::new_k] = old_data[0::old_k]
+                    if keep_background:
+                        new_data[0::new_k] = old_data[0::old_k]
                     for new_i, old_i in mapping.items():
                         new_data[new_i + 1::new_k] = old_data[old_i + 1::old_k]
                     new_param.set_data(new_data)
