@@ -47,21 +47,39 @@ Crash safety: ps-lite keeps a process alive after an uncaught exception (the kvs
 waits in a barrier for the other workers, which wait for this one). :func:`install_crash_guard`
 makes uncaught exceptions and SIGTERM/SIGINT/SIGHUP end the process at once with ``os._exit``;
 wrap the training ``main`` in :func:`exit_guard` so that ``sys.exit(nonzero)`` does the same.
+The guard acts only in the process that installed it: processes forked later (``DataLoader``
+workers with ``-j N``) get the default SIGTERM/SIGHUP actions at fork (``os.register_at_fork``).
+Before, they inherited the guard's wake-up pipe and a Python-level SIGTERM handler: the SIGTERM
+that ``Pool.terminate()`` sends at a loader's shutdown could be lost in a worker (Python handlers
+run only between bytecodes of the main thread, which was blocking on the queue lock the parent
+holds), leaving ``terminate()`` waiting forever, while the C-level handler wrote the signal number
+into the shared pipe, so the training process itself ``os._exit(143)``-ed and left that worker
+orphaned (see :func:`_at_fork`).
+
+Stall detection: :func:`heartbeat` touches the file named by ``$GLUON_SSD_HEARTBEAT`` (set per
+worker by :mod:`gluon_ssd.launch`) and records the kvstore rank there, so that the launcher can
+name a stuck rank.
 """
 import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
 
-__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'worker_info', 'is_distributed',
-           'shard_indices', 'ShardSampler', 'global_batch_size']
+__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'heartbeat', 'worker_info',
+           'is_distributed', 'shard_indices', 'ShardSampler', 'global_batch_size']
 
 _LOCAL_KVSTORES = ('local', 'device', 'nccl')
-_GUARD = {'installed': False}
+# pid: the process that installed the guard (its handlers act only there); rfd/wfd: the wake-up
+# pipe; previous: signal -> handler before the guard (the guarded signals); signums: their numbers
+_GUARD = {'installed': False, 'pid': None, 'rfd': -1, 'wfd': -1, 'previous': {},
+          'signums': frozenset(), 'excepthook': None, 'at_fork': False}
+HEARTBEAT_ENV = 'GLUON_SSD_HEARTBEAT'
+_HEARTBEAT = {'last': 0.0, 'rank': None}
 
 
 def _flush():
@@ -87,16 +105,30 @@ def _excepthook(exc_type, exc, tb):
         _hard_exit(code)
 
 
+def _die_by_default(signum):
+    """What the signal would have done without the guard: the default action."""
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+    except (ValueError, OSError):
+        pass
+    os.kill(os.getpid(), signum)
+
+
 def _signal_handler(signum, _frame):
+    if os.getpid() != _GUARD['pid']:  # a forked child that missed the at-fork reset
+        _die_by_default(signum)
+        return
     _hard_exit(128 + signum)
 
 
-def _wakeup_reader(fd):
+def _wakeup_reader(fd, pid):
     """Exit on a signal even while the main thread is blocked in C++ (e.g. a kvstore wait).
 
     Python runs signal handlers only in the main thread between bytecodes; ``signal.set_wakeup_fd``
     makes the C-level handler write the signal number to ``fd`` right away, and this thread (which
-    can run because ctypes releases the GIL during MXNet calls) ends the process.
+    can run because ctypes releases the GIL during MXNet calls) ends the process. Only the guarded
+    signals count (the C handler also writes the numbers of other signals that have a Python
+    handler).
     """
     while True:
         try:
@@ -107,7 +139,93 @@ def _wakeup_reader(fd):
             return
         if not data:
             return
-        _hard_exit(128 + data[0])
+        if data[0] in _GUARD['signums'] and os.getpid() == pid:
+            _hard_exit(128 + data[0])
+
+
+def _reset_in_forked_child():
+    """Drop the guard in a forked child (e.g. a ``DataLoader`` worker); see :func:`_at_fork`.
+
+    SIGTERM and SIGHUP get the *default action* whatever Python handler the child inherited
+    (SIGINT: Python's ``default_int_handler`` if it was the guard's), the inherited wake-up pipe is
+    closed and ``sys.excepthook`` restored."""
+    if not _GUARD['installed'] or os.getpid() == _GUARD['pid']:
+        return
+    if _GUARD['wfd'] >= 0:   # the wake-up fd is ours (not e.g. asyncio's)
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):
+            pass
+    for fd in (_GUARD['rfd'], _GUARD['wfd']):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for sig in _GUARD['previous']:
+        try:
+            handler = signal.getsignal(sig)
+            if sig == signal.SIGINT:
+                if handler is _signal_handler:
+                    signal.signal(sig, signal.default_int_handler)
+            elif callable(handler):  # ours, or one the parent's code set (e.g. train_ssd.py's)
+                signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    if sys.excepthook is _excepthook:
+        sys.excepthook = _GUARD['excepthook'] or sys.__excepthook__
+    _GUARD.update(installed=False, pid=None, rfd=-1, wfd=-1, previous={}, signums=frozenset())
+
+
+_FORK_MASKS = {}   # thread ident -> that thread's signal mask before os.fork (guarded process only)
+
+
+def _before_fork():
+    if _GUARD['installed'] and os.getpid() == _GUARD['pid'] and _GUARD['signums']:
+        try:
+            _FORK_MASKS[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                                        _GUARD['signums'])
+        except (ValueError, OSError):
+            pass
+
+
+def _restore_fork_mask():
+    old = _FORK_MASKS.pop(threading.get_ident(), None)
+    if old is not None:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        except (ValueError, OSError):
+            pass
+
+
+def _after_fork_in_child():
+    try:
+        _reset_in_forked_child()
+    finally:
+        _restore_fork_mask()   # a SIGTERM that came meanwhile now kills the child by default
+        _FORK_MASKS.clear()
+
+
+def _at_fork():
+    """Register the fork hooks (once). Why a forked child must not keep the guard:
+
+    * the child's C-level signal handler writes the signal number into the wake-up pipe it shares
+      with the parent, whose reader thread then ends the *parent* with ``os._exit(128 + signum)``:
+      the SIGTERM that ``Pool.terminate()`` sends to a loader's workers at shutdown ended the
+      training process with 143 (and left the worker that had not died orphaned);
+    * a Python-level SIGTERM handler only sets a flag in C and runs when the child's main thread
+      next executes bytecode; the signal can land on another thread (MXNet restarts its engine
+      threads in the child) while the main thread blocks on the task-queue lock that the parent
+      keeps during ``Pool.terminate()`` (``Pool._help_stuff_finish``), so the worker never dies
+      and the parent waits for it in ``join()`` forever;
+    * a child that has not yet run its after-fork hooks (a loader worker the busy machine has not
+      scheduled yet) still has both: so the guarded signals are blocked in the forking thread
+      around ``fork`` and unblocked in the child only after the reset.
+    """
+    if not _GUARD['at_fork'] and hasattr(os, 'register_at_fork'):
+        os.register_at_fork(before=_before_fork, after_in_parent=_restore_fork_mask,
+                            after_in_child=_after_fork_in_child)
+        _GUARD['at_fork'] = True
 
 
 def install_crash_guard(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
@@ -118,14 +236,22 @@ def install_crash_guard(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
     that exit with ``128 + signum`` even if the main thread is blocked inside MXNet. Idempotent.
     Needed for ``dist_*`` kvstores: without it a crashed worker stays alive in ps-lite's barrier
     and every other process waits forever. Returns ``True`` if signal handlers were installed.
+
+    The guard belongs to the installing process only: forked children (``DataLoader`` workers,
+    ``multiprocessing``) get the default actions of these signals at fork, so ``Pool.terminate()``
+    kills them (whatever thread the signal lands on) and cannot end the parent.
     """
+    if sys.excepthook is not _excepthook:
+        _GUARD['excepthook'] = sys.excepthook
     sys.excepthook = _excepthook
-    if _GUARD['installed']:
+    if _GUARD['installed'] and _GUARD['pid'] == os.getpid():
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
+    _at_fork()
+    _GUARD.update(pid=os.getpid(), signums=frozenset(int(s) for s in signals), previous={})
     for sig in signals:
-        signal.signal(sig, _signal_handler)
+        _GUARD['previous'][sig] = signal.signal(sig, _signal_handler)
     try:
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
@@ -135,12 +261,45 @@ def install_crash_guard(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
             os.close(rfd)
             os.close(wfd)
         else:
-            threading.Thread(target=_wakeup_reader, args=(rfd,), daemon=True,
+            _GUARD.update(rfd=rfd, wfd=wfd)
+            threading.Thread(target=_wakeup_reader, args=(rfd, os.getpid()), daemon=True,
                              name='gluon_ssd-crash-guard').start()
     except (ValueError, OSError):
         pass
     _GUARD['installed'] = True
     return True
+
+
+def heartbeat(rank=None, min_interval=1.0):
+    """Tell :mod:`gluon_ssd.launch` that this worker is alive (and, once known, its kvstore rank).
+
+    A no-op unless the launcher set ``$GLUON_SSD_HEARTBEAT`` (a file path). Touches that file at
+    most every ``min_interval`` seconds; with ``rank`` it writes ``rank N`` into it (the launcher
+    names the stuck rank with it). :func:`create_kvstore` calls it with the rank. The launcher also
+    counts CPU time and output as progress, so calling it in a training loop is optional.
+    """
+    path = os.environ.get(HEARTBEAT_ENV)
+    if not path:
+        return
+    now = time.monotonic()
+    try:
+        if rank is not None and rank != _HEARTBEAT['rank']:
+            tmp = '%s.%d.tmp' % (path, os.getpid())
+            with open(tmp, 'w') as fh:
+                fh.write('rank %d\n' % int(rank))
+            os.replace(tmp, path)
+            _HEARTBEAT['rank'] = rank
+        elif now - _HEARTBEAT['last'] >= min_interval:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                with open(path, 'a'):
+                    pass
+        else:
+            return
+        _HEARTBEAT['last'] = now
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -209,7 +368,10 @@ def create_kvstore(name):
                               "(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 pip install horovod); "
                               "use --kvstore dist_sync otherwise") from exc
         install_crash_guard()
-    return mx.kv.create(lname)
+    kv = mx.kv.create(lname)
+    if lname.startswith('dist'):
+        heartbeat(rank=int(kv.rank))
+    return kv
 
 
 def worker_info(kv):

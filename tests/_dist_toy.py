@@ -4,10 +4,11 @@ Run under the launcher (``--kvstore dist_sync``) each worker trains a small Dens
 of a synthetic regression set and writes ``OUT/params_rank{R}.npz``. ``train(...,
 emulate_workers=W)`` in a single process (no kvstore) concatenates the W workers' local batches at
 every step: the reference the distributed run must match. ``--crash-at-step K`` makes rank 1 raise
-at step K.
+at step K; ``--stop-at-step K`` makes rank 1 freeze itself (SIGSTOP) at step K.
 """
 import argparse
 import os
+import signal
 import sys
 
 import numpy as np
@@ -46,7 +47,7 @@ def params_dict(net):
 
 
 def train(kvstore=None, local_batch=6, epochs=2, seed=0, emulate_workers=1, crash_at_step=None,
-          step_scale=None):
+          step_scale=None, stop_at_step=None):
     """Train; returns ``(params dict, rank, num_workers, steps)``. ``step_scale`` overrides the
     value given to ``trainer.step`` (to show what a wrong normalisation gives)."""
     import mxnet as mx
@@ -69,6 +70,11 @@ def train(kvstore=None, local_batch=6, epochs=2, seed=0, emulate_workers=1, cras
             idx = np.concatenate([s[start:start + local_batch] for s in shards])
             if crash_at_step is not None and step == crash_at_step and rank == 1:
                 raise RuntimeError('toy crash on rank %d at step %d' % (rank, step))
+            if stop_at_step is not None and step == stop_at_step and rank == 1:
+                print('toy freeze (SIGSTOP) on rank %d at step %d, pid %d'
+                      % (rank, step, os.getpid()), flush=True)
+                os.kill(os.getpid(), signal.SIGSTOP)
+            distributed.heartbeat()
             data, label = mx.nd.array(x[idx]), mx.nd.array(y[idx])
             with autograd.record():
                 loss = loss_fn(net(data), label)
@@ -88,10 +94,12 @@ def main(argv=None):
     parser.add_argument('--local-batch', type=int, default=6)
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--crash-at-step', type=int, default=None)
+    parser.add_argument('--stop-at-step', type=int, default=None)
     args = parser.parse_args(argv)
     with distributed.exit_guard():
         params, rank, num_workers, steps = train(args.kvstore, args.local_batch, args.epochs,
-                                                 crash_at_step=args.crash_at_step)
+                                                 crash_at_step=args.crash_at_step,
+                                                 stop_at_step=args.stop_at_step)
         os.makedirs(args.out, exist_ok=True)
         np.savez(os.path.join(args.out, 'params_rank%d.npz' % rank), **params)
         print('rank %d/%d done after %d steps, pid %d' % (rank, num_workers, steps, os.getpid()))

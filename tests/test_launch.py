@@ -171,6 +171,23 @@ def test_local_kvstore_helpers(monkeypatch):
         distributed.create_kvstore('dist_sync')
 
 
+def test_heartbeat_file(tmp_path, monkeypatch):
+    path = tmp_path / 'heartbeat.worker0'
+    monkeypatch.delenv(distributed.HEARTBEAT_ENV, raising=False)
+    distributed.heartbeat(rank=1)          # no launcher: nothing happens
+    assert not path.exists()
+    monkeypatch.setenv(distributed.HEARTBEAT_ENV, str(path))
+    monkeypatch.setattr(distributed, '_HEARTBEAT', {'last': 0.0, 'rank': None})
+    distributed.heartbeat()
+    assert path.is_file() and path.read_text() == ''
+    distributed.heartbeat(rank=1)
+    assert path.read_text() == 'rank 1\n'
+    os.utime(path, (1, 1))
+    distributed.heartbeat(min_interval=0)
+    assert path.stat().st_mtime > 1 and path.read_text() == 'rank 1\n'
+    assert launch.HEARTBEAT_ENV == distributed.HEARTBEAT_ENV
+
+
 @pytest.mark.slow
 def test_exit_guard_and_crash_guard_exit_codes():
     """exit_guard / install_crash_guard end the process with os._exit (run in subprocesses)."""
@@ -207,20 +224,24 @@ def test_exit_guard_and_crash_guard_exit_codes():
     (['-n', '2', '-s', '1', '--timeout', '0', '--', 'true'], 'timeout'),
     (['-n', '2', '-s', '1', '--port', '70000', '--', 'true'], 'port'),
     (['-n', '2', '-s', '1', '--grace', '-1', '--', 'true'], 'grace'),
+    (['-n', '2', '-s', '1', '--stall-timeout', '-1', '--', 'true'], 'stall-timeout'),
     (['-s', '1', '--', 'true'], 'required'),
     (['-n', 'two', '-s', '1', '--', 'true'], 'invalid int'),
 ])
-def test_launcher_argument_errors(argv, msg, capsys):
+def test_launcher_argument_errors(argv, msg, capsys, monkeypatch):
+    monkeypatch.delenv('DMLC_PS_ROOT_PORT', raising=False)
     with pytest.raises(SystemExit) as err:
         launch.parse_args(argv)
     assert err.value.code == 2
     assert msg in capsys.readouterr().err
 
 
-def test_launcher_parse_and_env():
+def test_launcher_parse_and_env(monkeypatch, capsys):
+    monkeypatch.delenv('DMLC_PS_ROOT_PORT', raising=False)
     args = launch.parse_args(['-n', '3', '-s', '2', '--port', '9000', '--timeout', '5', '--',
                               'python', 'train_ssd.py', '--kvstore', 'dist_sync', '--', 'x'])
     assert (args.num_workers, args.num_servers, args.port, args.timeout) == (3, 2, 9000, 5.0)
+    assert (args.port_source, args.stall_timeout) == ('--port', launch.DEFAULT_STALL_TIMEOUT)
     assert args.command == ['python', 'train_ssd.py', '--kvstore', 'dist_sync', '--', 'x']
     env = launch.role_env('worker', '127.0.0.1', 9000, 3, 2, base={'A': '1'}, index=1)
     assert env == {'A': '1', 'DMLC_ROLE': 'worker', 'DMLC_PS_ROOT_URI': '127.0.0.1',
@@ -228,6 +249,17 @@ def test_launcher_parse_and_env():
                    'DMLC_NODE_HOST': '127.0.0.1', 'PYTHONUNBUFFERED': '1',
                    'GLUON_SSD_LAUNCH_INDEX': '1'}
     assert 0 < launch.free_port() < 65536
+
+    other = launch.parse_args(['-n', '1', '-s', '1', '--stall-timeout', '0', '--', 'x'])
+    assert (other.port, other.port_source, other.stall_timeout) == (0, None, 0.0)
+    monkeypatch.setenv('DMLC_PS_ROOT_PORT', '9123')    # the ps-lite variable is the default port
+    other = launch.parse_args(['-n', '1', '-s', '1', '--', 'x'])
+    assert (other.port, other.port_source) == (9123, '$DMLC_PS_ROOT_PORT')
+    assert launch.parse_args(['-n', '1', '-s', '1', '--port', '9000', '--', 'x']).port == 9000
+    monkeypatch.setenv('DMLC_PS_ROOT_PORT', 'x9')
+    with pytest.raises(SystemExit) as err:
+        launch.parse_args(['-n', '1', '-s', '1', '--', 'x'])
+    assert err.value.code == 2 and 'DMLC_PS_ROOT_PORT' in capsys.readouterr().err
 
 
 def test_launcher_missing_command_stops_servers(tmp_path):
