@@ -16,7 +16,7 @@ def _one_warning(record):
 
 
 # ---------------------------------------------------------------- images (decode at __getitem__)
-@pytest.mark.parametrize("kind", ["unreadable", "corrupt", "truncated", "empty"])
+@pytest.mark.parametrize("kind", ["unreadable", "corrupt", "mostly_missing", "empty"])
 def test_bad_image_names_file(tmp_path, kind):
     root = make_voc(tmp_path / "v", {"a": [("x", 2, 2, 20, 20)]})
     path = root / "JPEGImages" / "a.jpg"
@@ -25,13 +25,24 @@ def test_bad_image_names_file(tmp_path, kind):
         path.write_bytes(b"this is not an image at all")
     elif kind == "corrupt":
         path.write_bytes(data[:20] + bytes(range(256)) * 4)
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
+    elif kind == "mostly_missing":   # less than half of the rows decodable: skipped, not repaired
+        path.write_bytes(data[: len(data) // 3])
     else:
         path.write_bytes(b"")
     ds = VOCDetection(root, ["train"])
     with pytest.raises(ImageDecodeError, match="a.jpg"):
         ds[0]
+
+
+def test_truncated_image_decoded_with_warning(tmp_path):
+    """A JPEG missing its last bytes is decoded as far as its data goes (PIL's truncated
+    loading), with a warning naming the file (tests/test_data_faults.py: the counting)."""
+    root = make_voc(tmp_path / "v", {"a": [("x", 2, 2, 20, 20)]})
+    path = root / "JPEGImages" / "a.jpg"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 9 // 10])
+    with pytest.warns(DatasetWarning, match="a.jpg: damaged image .*truncated"):
+        img, label = VOCDetection(root, ["train"])[0]
+    assert img.shape == (48, 64, 3) and label.shape == (1, 6)
 
 
 @pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"),
@@ -192,9 +203,9 @@ def test_record_bad_label_and_image(tmp_path):
     labels = [[2, 5, 0, 0.1, 0.1, 0.5, 0.5],         # fine
               [2, 5, 0, 0.1, 0.1, 0.5],              # broken length
               [1, 5, 0, 0.1, 0.1, 0.5, 0.5],         # header width < 2
-              [2, 5, 0, 0.1, 0.1, 0.5, 0.5]]         # fine label, corrupt image
+              [2, 5, 0, 0.1, 0.1, 0.5, 0.5]]         # fine label, image without pixel data
     for i, lb in enumerate(labels):
-        payload = jpg if i < 3 else jpg[: len(jpg) // 2]
+        payload = jpg if i < 3 else jpg[: jpg.index(b"\xff\xda")]
         writer.write_idx(i, mx.recordio.pack(
             mx.recordio.IRHeader(0, np.array(lb, np.float32), i, 0), payload))
     writer.write_idx(4, mx.recordio.pack(mx.recordio.IRHeader(0, np.array(labels[0], np.float32),

@@ -9,18 +9,32 @@ Training batches are deterministic: the shuffling of epoch ``e`` and the augment
 :class:`EpochBatchSampler`), whichever worker process runs them, so a resumed run sees exactly
 the batches of an uninterrupted one. Worker *processes* are required for that (each has its own
 global RNG); never use ``thread_pool`` loaders for training.
+
+Bad images (the policy of :mod:`gluon_ssd.data._validate`) never stop a run: an image that must
+be skipped is replaced, in training, by another item chosen from ``(seed, epoch, index)`` (so
+batches keep their size and stay deterministic); the evaluator leaves it out. Every item and
+batch the loaders produce is an :class:`Item` / :class:`Batch`: a plain tuple (``data, label =
+batch`` works as before) that also carries ``events``, what was skipped or repaired to produce it,
+so that the main process can count (:class:`LoadProblems`) what happened in worker processes,
+and with ``--strict-data`` turn the first event into a :class:`DatasetError`.
 """
 import os
 import random
 
+import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from gluon_ssd.data._validate import DatasetError
+from gluon_ssd.data._validate import (REPAIRED, SKIPPED, DatasetError, ImageDecodeError,
+                                      load_item)
 
-__all__ = ['DATASETS', 'DEFAULT_SPLITS', 'check_dataset', 'split_names', 'open_split',
-           'open_datasets', 'Subset', 'Transformed', 'SeededItems', 'EpochBatchSampler',
-           'pad_label', 'max_objects_of', 'train_loader', 'val_loader']
+#: Event kind of an item that could not be made (raised by :meth:`LoadProblems.add`).
+FATAL = 'fatal'
+
+__all__ = ['DATASETS', 'DEFAULT_SPLITS', 'DATA_COUNT_KEYS', 'FATAL', 'check_dataset',
+           'split_names', 'open_split', 'open_datasets', 'Subset', 'Transformed', 'Item', 'Batch',
+           'LoadProblems', 'SeededItems', 'EpochBatchSampler', 'pad_label', 'max_objects_of',
+           'train_loader', 'val_loader']
 
 DATASETS = ('synthetic', 'voc', 'coco', 'rec')
 #: ``--dataset`` -> (default training split(s), default validation split)
@@ -32,6 +46,10 @@ DEFAULT_SPLITS = {
 }
 SYNTHETIC_SIZES = (1000, 200)    # generated train / val images of the built-in dataset
 _DEFAULT_MAX_OBJECTS = 100       # label padding when a dataset cannot list its labels cheaply
+#: Epoch-record keys of :meth:`LoadProblems.as_record` (``val_`` prefixed for validation).
+DATA_COUNT_KEYS = ('skipped_images', 'repaired_images')
+#: Other items tried in place of an unreadable training item before giving up.
+MAX_REPLACEMENT_TRIES = 20
 
 
 def check_dataset(dataset, root):
@@ -65,7 +83,8 @@ def _synthetic_root(root, num_train, num_val):
                              num_val=num_val or SYNTHETIC_SIZES[1]))
 
 
-def open_split(dataset, root, split, classes=None, training=False, num_train=0, num_val=0):
+def open_split(dataset, root, split, classes=None, training=False, num_train=0, num_val=0,
+               strict=False):
     """One split as a dataset of raw items with ``.classes``.
 
     Parameters
@@ -76,6 +95,7 @@ def open_split(dataset, root, split, classes=None, training=False, num_train=0, 
         ``None`` takes the dataset's own.
     training : COCO only: images without boxes are skipped for training, kept for evaluation.
     num_train, num_val : synthetic only: the generated sizes (they name the cached dataset).
+    strict : every counted annotation problem is a :class:`DatasetError` (``--strict-data``).
 
     Raises :class:`DatasetError` (a :class:`~gluon_ssd.errors.UserError`) naming the file.
     """
@@ -86,26 +106,29 @@ def open_split(dataset, root, split, classes=None, training=False, num_train=0, 
             root = _synthetic_root(root, num_train, num_val)
         if dataset in ('synthetic', 'voc'):
             from gluon_ssd.data.voc import VOCDetection
-            return VOCDetection(root, split_names(split, root), classes=classes)
+            return VOCDetection(root, split_names(split, root), classes=classes, strict=strict)
         if dataset == 'coco':
             from gluon_ssd.data.coco import COCODetection
             return COCODetection(os.path.join(root, 'annotations', split + '.json'),
-                                 os.path.join(root, split.split('_')[-1]), skip_empty=training)
+                                 os.path.join(root, split.split('_')[-1]), skip_empty=training,
+                                 strict=strict)
         from gluon_ssd.data.recordio import RecordDetection
-        return RecordDetection(os.path.join(root, split), classes=classes)
+        return RecordDetection(os.path.join(root, split), classes=classes, strict=strict)
     except DatasetError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
         raise DatasetError(f"--dataset {dataset}: {exc}") from None
 
 
-def open_datasets(dataset, root, train_split=None, val_split=None, num_train=0, num_val=0):
+def open_datasets(dataset, root, train_split=None, val_split=None, num_train=0, num_val=0,
+                  strict=False):
     """``(train, val, classes)`` for training: the validation split uses the training split's
-    classes; ``num_train``/``num_val`` keep the first N images (0 = all)."""
+    classes; ``num_train``/``num_val`` keep the first N images (0 = all); ``strict``: see
+    :func:`open_split`."""
     check_dataset(dataset, root)
     train_split = train_split or DEFAULT_SPLITS[dataset][0]
     val_split = val_split or DEFAULT_SPLITS[dataset][1]
-    sizes = {'num_train': num_train, 'num_val': num_val}
+    sizes = {'num_train': num_train, 'num_val': num_val, 'strict': strict}
     train = open_split(dataset, root, train_split, training=True, **sizes)
     classes = list(train.classes)
     val = open_split(dataset, root, val_split, classes=None if dataset == 'coco' else classes,
@@ -147,6 +170,13 @@ class Subset(gluon.data.Dataset):
         """Label of item ``index`` (delegated; no image decoding)."""
         return self._dataset.label(index)
 
+    def load(self, index):
+        """``(image, label, events)`` of item ``index`` (see
+        :func:`gluon_ssd.data._validate.load_item`)."""
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return load_item(self._dataset, index)
+
 
 class Transformed(gluon.data.Dataset):
     """``dataset`` with ``transform(image, label)`` applied (no randomness: validation)."""
@@ -162,6 +192,91 @@ class Transformed(gluon.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
+# items and batches that carry what was skipped or repaired, and the count of it
+# ----------------------------------------------------------------------------------------------
+class Item(tuple):
+    """A dataset item (a tuple of its fields) with ``events``: a tuple of ``(kind, message)``,
+    ``kind`` in ``('skipped', 'repaired')``, the message naming the file; ``()`` when clean."""
+
+    def __new__(cls, fields, events=()):
+        self = super().__new__(cls, fields)
+        self.events = tuple(events)
+        return self
+
+
+class Batch(tuple):
+    """A loader batch (a tuple of batched fields) with ``events``: one tuple of ``(kind,
+    message)`` per item (see :class:`Item`); ``events`` survives the pickling from a loader
+    worker process to the main process."""
+
+    def __new__(cls, fields, events=()):
+        self = super().__new__(cls, fields)
+        self.events = list(events)
+        return self
+
+    @property
+    def skipped(self):
+        """``(B,)`` bool: the items that stand in for a skipped image."""
+        return np.array([any(kind == SKIPPED for kind, _ in ev) for ev in self.events],
+                        dtype=bool).reshape(-1)
+
+
+class _EventBatchify:
+    """``batchify_fn``: ``fields_fn`` (e.g. gluoncv's ``Tuple``) on the items, wrapped in a
+    :class:`Batch` with each item's ``events``."""
+
+    def __init__(self, fields_fn):
+        self._fields_fn = fields_fn
+
+    def __call__(self, items):
+        return Batch(self._fields_fn(items), [getattr(it, 'events', ()) for it in items])
+
+
+class LoadProblems:
+    """Counts, in the main process, the events carried by :class:`Batch` es (also those made in
+    loader worker processes).
+
+    ``add(batch)`` counts its events, or with ``strict=True`` raises :class:`DatasetError` with
+    the first event's message (naming the file); a ``'fatal'`` event is raised in any case;
+    ``as_record(prefix)`` gives ``{prefix + 'skipped_images': n, prefix + 'repaired_images':
+    m}``; ``summary(what)`` one line naming the first file of each kind, or None when nothing
+    happened.
+    """
+
+    def __init__(self, strict=False):
+        self.strict = strict
+        self.counts = {SKIPPED: 0, REPAIRED: 0}
+        self.first = {}
+
+    def add(self, batch):
+        """Count the events of one batch (raise the first one when strict)."""
+        for item_events in getattr(batch, 'events', None) or ():
+            for kind, message in item_events:
+                if kind == FATAL:
+                    raise DatasetError(message)
+                if self.strict:
+                    what = 'unreadable' if kind == SKIPPED else 'repaired'
+                    raise DatasetError(f"{message} (--strict-data: {what} images are errors)")
+                self.counts[kind] = self.counts.get(kind, 0) + 1
+                self.first.setdefault(kind, message)
+
+    def __bool__(self):
+        return any(self.counts.values())
+
+    def as_record(self, prefix=''):
+        """``{prefix + 'skipped_images': n, prefix + 'repaired_images': m}``."""
+        return {prefix + DATA_COUNT_KEYS[0]: self.counts.get(SKIPPED, 0),
+                prefix + DATA_COUNT_KEYS[1]: self.counts.get(REPAIRED, 0)}
+
+    def summary(self, what):
+        """``'<what>: N images skipped (first: ...); M images repaired (first: ...)'`` or None."""
+        parts = [f"{self.counts[kind]} images {label} (first: {self.first[kind]})"
+                 for kind, label in ((SKIPPED, 'skipped'), (REPAIRED, 'repaired'))
+                 if self.counts.get(kind)]
+        return f"{what}: {'; '.join(parts)}" if parts else None
+
+
+# ----------------------------------------------------------------------------------------------
 # training: deterministic per-item augmentation, epoch-seeded batches, fixed label padding
 # ----------------------------------------------------------------------------------------------
 def _item_seed(seed, epoch, index):
@@ -169,13 +284,14 @@ def _item_seed(seed, epoch, index):
 
 
 def pad_label(label, max_objects):
-    """(M, K) label -> (max_objects, K) float32, extra rows -1; raises if M > max_objects."""
+    """(M, K) label -> (max_objects, K) float32, extra rows -1; raises :class:`DatasetError` (a
+    ``ValueError`` and a ``UserError``) if M > max_objects."""
     label = np.asarray(label, dtype=np.float32)
     if label.ndim != 2:
         label = label.reshape(-1, 6)
     if label.shape[0] > max_objects:
-        raise ValueError(f"an image has {label.shape[0]} objects, more than --max-objects "
-                         f"{max_objects}; raise --max-objects")
+        raise DatasetError(f"an image has {label.shape[0]} objects, more than --max-objects "
+                           f"{max_objects}; raise --max-objects")
     out = np.full((max_objects, label.shape[1]), -1, dtype=np.float32)
     out[:label.shape[0]] = label
     return out
@@ -194,7 +310,18 @@ class SeededItems(gluon.data.Dataset):
     ``key = epoch * len(dataset) + index`` (as produced by :class:`EpochBatchSampler`). Before
     calling ``transform(image, label)``, Python's and NumPy's global RNGs are seeded from
     ``(seed, epoch, index)``: the result is the same in any worker process, in any order.
-    Items: ``(image (3, H, W) float32, label (max_objects, 6) float32 padded with -1)``.
+    Items: :class:`Item` ``(image (3, H, W) float32, label (max_objects, 6) float32 padded with
+    -1)`` with ``events`` (see :func:`gluon_ssd.data._validate.load_item`).
+
+    An image that must be skipped (:class:`~gluon_ssd.data._validate.ImageDecodeError`) is
+    replaced by another item drawn from ``(seed, epoch, index)`` (augmented with the seed of the
+    skipped one) and the item carries a ``('skipped', message)`` event.
+
+    Nothing here raises for bad data: an exception in a DataLoader worker process makes MXNet
+    terminate its ``multiprocessing`` pool, which can hang. An item that cannot be made (the
+    :data:`MAX_REPLACEMENT_TRIES` replacements unreadable too, or more objects than
+    ``max_objects``) is a stand-in of the right shape with a ``('fatal', message)`` event, which
+    :meth:`LoadProblems.add` raises as :class:`DatasetError` in the main process.
     """
 
     def __init__(self, dataset, transform, seed, max_objects):
@@ -209,10 +336,39 @@ class SeededItems(gluon.data.Dataset):
     def __getitem__(self, key):
         epoch, index = divmod(int(key), len(self._dataset))
         item_seed = _item_seed(self._seed, epoch, index)
+        img, label, events = self._load(index, item_seed)
         random.seed(item_seed)
         np.random.seed(item_seed)
-        img, label = self._transform(*self._dataset[index])
-        return img, pad_label(label, self._max_objects)
+        img, label = self._transform(img, label)
+        try:
+            label = pad_label(label, self._max_objects)
+        except DatasetError as err:
+            label = pad_label(np.asarray(label)[:self._max_objects], self._max_objects)
+            events += ((FATAL, str(err)),)
+        return Item((img, label), events)
+
+    def _load(self, index, item_seed):
+        """``(image, label, events)`` of ``index``, or of its deterministic replacement (or a
+        blank stand-in with a fatal event)."""
+        try:
+            return load_item(self._dataset, index)
+        except ImageDecodeError as err:
+            skipped = str(err)
+        n = len(self._dataset)
+        rng = np.random.RandomState(item_seed)   # a private RNG: the global ones stay untouched
+        tries = min(n - 1, MAX_REPLACEMENT_TRIES)
+        for _ in range(tries):
+            other = int(rng.randint(n - 1))
+            other += other >= index               # any item but the skipped one
+            try:
+                img, label, _ = load_item(self._dataset, other)
+            except ImageDecodeError:
+                continue
+            return img, label, ((SKIPPED, skipped),)
+        blank = mx.nd.zeros((64, 64, 3), dtype='uint8')  # the transform resizes it to the input
+        return blank, np.zeros((0, 6), np.float32), (
+            (FATAL, f"{skipped}; and the {tries} training images tried in its place were "
+                    "unreadable too: check the dataset"),)
 
 
 class EpochBatchSampler(gluon.data.Sampler):
@@ -249,7 +405,8 @@ class EpochBatchSampler(gluon.data.Sampler):
 def train_loader(dataset, transform, batch_size, seed, max_objects, num_workers=0, rank=0,
                  world_size=1):
     """``(loader, sampler)`` of augmented training batches ``(data (B, 3, S, S), label (B,
-    max_objects, 6) padded -1)``; call ``sampler.set_epoch(e)`` before each epoch.
+    max_objects, 6) padded -1)`` (each a :class:`Batch`: count its ``events`` with
+    :class:`LoadProblems`); call ``sampler.set_epoch(e)`` before each epoch.
     ``rank``/``world_size``: this worker's shard of a distributed run."""
     from gluoncv.data.batchify import Stack, Tuple
     items = SeededItems(dataset, transform, seed, max_objects)
@@ -258,16 +415,21 @@ def train_loader(dataset, transform, batch_size, seed, max_objects, num_workers=
         raise DatasetError(f"--batch-size {batch_size} is larger than this worker's "
                            f"{len(dataset) // world_size} training images")
     loader = gluon.data.DataLoader(items, batch_sampler=sampler,
-                                   batchify_fn=Tuple(Stack(), Stack()), num_workers=num_workers)
+                                   batchify_fn=_EventBatchify(Tuple(Stack(), Stack())),
+                                   num_workers=num_workers)
     return loader, sampler
 
 
-def val_loader(items, batch_size, label_fields=(1,), num_workers=0):
-    """Batches of ``items`` in order, the last one kept: every field stacked, except the
-    ``label_fields`` (2-D labels) padded with -1 rows to the batch's most objects."""
+def val_loader(items, batch_size, label_fields=(1,), num_workers=0, width=None):
+    """:class:`Batch` es of ``items`` in order, the last one kept: every field stacked, except
+    the ``label_fields`` (2-D labels) padded with -1 rows to the batch's most objects; each
+    batch's ``events`` collects its items' (:class:`Item`). ``width``: the number of fields
+    (default: read from ``items[0]``)."""
     from gluoncv.data.batchify import Stack, Tuple
     from gluon_ssd.data.transforms import PadLabels
-    width = len(items[0]) if len(items) else 2
+    if width is None:
+        width = len(items[0]) if len(items) else 2
     fields = [PadLabels() if i in label_fields else Stack() for i in range(width)]
     return gluon.data.DataLoader(items, batch_size=batch_size, shuffle=False, last_batch='keep',
-                                 batchify_fn=Tuple(*fields), num_workers=num_workers)
+                                 batchify_fn=_EventBatchify(Tuple(*fields)),
+                                 num_workers=num_workers)

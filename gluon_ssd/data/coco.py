@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from gluon_ssd.data._base import AnnotatedImages
-from gluon_ssd.data._validate import DatasetError, SkipCounter, clean_boxes
+from gluon_ssd.data._validate import CheckedImages, DatasetError, SkipCounter, clean_boxes
 
 __all__ = ["COCODetection", "load_coco_json"]
 
@@ -50,7 +50,7 @@ def load_coco_json(annotation_file):
     return coco
 
 
-class COCODetection(AnnotatedImages):
+class COCODetection(CheckedImages, AnnotatedImages):
     """Detection dataset from a COCO instances JSON file and an image directory.
 
     Parameters
@@ -69,8 +69,11 @@ class COCODetection(AnnotatedImages):
         ``False`` excludes ``iscrowd`` boxes from the labels (training targets); ``True`` keeps
         them with ``difficult = 1``.
     min_object_area : float, default 0
-        Annotations whose ``area`` is below this value, or not positive, are not used (as
-        GluonCV).
+        Annotations whose ``area`` is below this value are not used (as GluonCV; counted without
+        a warning: an expected filter).
+    strict : bool, default False
+        Every counted problem (not the expected events) raises :class:`DatasetError` naming the
+        file instead (``train_ssd.py --strict-data``).
 
     Items
     -----
@@ -82,15 +85,19 @@ class COCODetection(AnnotatedImages):
     Bad input policy
     ----------------
     :class:`DatasetError` for a missing or malformed JSON; one warning line counting annotations
-    of unknown image or category, malformed ``bbox``, images whose file is missing (skipped),
-    clipped and degenerate boxes; :class:`ImageDecodeError` from ``__getitem__`` for unreadable
-    images or an image size differing from the JSON.
+    of unknown image or category, malformed ``bbox``, boxes of zero (or negative) width or height
+    or zero area, categories sharing a name (the later ones are renamed ``<name>_<id>`` so class
+    names stay unique and every category keeps its own class), images whose file is missing
+    (skipped), clipped and degenerate boxes. Images (:meth:`load`, ``__getitem__``): the policy
+    of :mod:`gluon_ssd.data._validate` (damaged but decodable images and a size differing from
+    the JSON with the same aspect ratio are repaired with a warning; otherwise
+    :class:`ImageDecodeError` naming the file).
     """
 
     _annotation_name = "the JSON"
 
     def __init__(self, annotation_file, image_dir, transform=None, skip_empty=True,
-                 use_crowd=False, min_object_area=0):
+                 use_crowd=False, min_object_area=0, strict=False):
         super().__init__()
         self._ann_file = os.path.expanduser(str(annotation_file))
         self._image_dir = os.path.expanduser(str(image_dir))
@@ -98,11 +105,11 @@ class COCODetection(AnnotatedImages):
             raise DatasetError("%s: image directory not found" % self._image_dir)
         self._transform = transform
         self.coco = load_coco_json(self._ann_file)
+        counter = SkipCounter(strict=strict)
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
-        self._classes = tuple(str(c["name"]) for c in cats)
+        self._classes = self._class_names(cats, counter)
         self.contiguous_id_to_json = [c["id"] for c in cats]
         self.json_id_to_contiguous = {cid: i for i, cid in enumerate(self.contiguous_id_to_json)}
-        counter = SkipCounter()
         known_images = {img["id"] for img in self.coco.dataset["images"]}
         for ann in self.coco.dataset["annotations"]:
             if ann["image_id"] not in known_images:
@@ -123,6 +130,24 @@ class COCODetection(AnnotatedImages):
         self.stats = counter.as_dict()
         counter.warn("COCODetection(%s)" % self._ann_file)
 
+    def _class_names(self, cats, counter):
+        """Category names in ascending id order, made unique: a repeated name becomes
+        ``<name>_<id>`` (counted)."""
+        names, first_id = [], {}
+        for cat in cats:
+            name = str(cat["name"])
+            if name in first_id:
+                new = "%s_%s" % (name, cat["id"])
+                while new in first_id:
+                    new += "_"
+                counter.add("categories with a duplicate name renamed <name>_<id>",
+                            "%s: %r of ids %s and %s (now %r)"
+                            % (self._ann_file, name, first_id[name], cat["id"], new))
+                name = new
+            first_id[name] = cat["id"]
+            names.append(name)
+        return tuple(names)
+
     def _load_label(self, entry, path, counter, use_crowd, min_object_area):
         rows = []
         for ann in self.coco.imgToAnns.get(entry["id"], []):
@@ -142,10 +167,18 @@ class COCODetection(AnnotatedImages):
             except (TypeError, ValueError):
                 counter.add("annotations with malformed bbox dropped", path)
                 continue
-            area = float(ann.get("area", w * h))
-            if area < min_object_area or area <= 0:
-                counter.add("boxes with area 0 or below min_object_area dropped", path,
-                            quiet=True)
+            if not (w > 0 and h > 0):
+                counter.add("boxes of zero width or height dropped", path)
+                continue
+            try:
+                area = float(ann.get("area", w * h))
+            except (TypeError, ValueError):
+                area = w * h
+            if not area > 0:
+                counter.add("boxes with zero area dropped", path)
+                continue
+            if area < min_object_area:
+                counter.add("boxes below min_object_area dropped", path, quiet=True)
                 continue
             rows.append([x, y, x + max(w - 1, 0), y + max(h - 1, 0), cid, 1 if crowd else 0])
         return clean_boxes(np.array(rows, dtype=np.float32).reshape(-1, 6),

@@ -20,8 +20,8 @@ import numpy as np
 from mxnet import gluon
 from PIL import Image
 
-from gluon_ssd.data._validate import (DatasetError, ImageDecodeError, SkipCounter, clean_boxes,
-                                      decode_image)
+from gluon_ssd.data._validate import (DatasetError, ImageDecodeError, LoadedItems, SkipCounter,
+                                      clean_boxes, decode_bytes, decode_image)
 
 __all__ = ["RecordDetection", "pack_dataset", "encode_label", "decode_label", "main"]
 
@@ -100,7 +100,7 @@ def _classes_path(rec_path):
     return os.path.splitext(rec_path)[0] + ".classes.txt"
 
 
-class RecordDetection(gluon.data.Dataset):
+class RecordDetection(LoadedItems, gluon.data.Dataset):
     """Detection dataset read from a RecordIO pair ``<name>.rec`` + ``<name>.idx``.
 
     Parameters
@@ -114,6 +114,9 @@ class RecordDetection(gluon.data.Dataset):
         ``transform(image, label) -> anything``, applied in ``__getitem__``.
     coord_normalized : bool, default True
         Whether record coordinates are 0–1 (im2rec convention) or already pixels.
+    strict : bool, default False
+        Every counted problem raises :class:`DatasetError` naming the record instead
+        (``train_ssd.py --strict-data``).
 
     Items
     -----
@@ -123,10 +126,13 @@ class RecordDetection(gluon.data.Dataset):
     Bad input policy: :class:`DatasetError` for missing ``.rec``/``.idx`` or an unreadable index;
     records with a malformed label, an unreadable image header or an unknown class id are skipped
     and counted (one warning line); boxes are clipped / degenerate ones dropped as for VOC;
-    ``__getitem__`` raises :class:`ImageDecodeError` naming the file and record id.
+    images follow the policy of :mod:`gluon_ssd.data._validate`: :meth:`load` / ``__getitem__``
+    decode a damaged but decodable image with a warning (an event) and raise
+    :class:`ImageDecodeError` naming the file and record id when nothing decodes it.
     """
 
-    def __init__(self, filename, classes=None, transform=None, coord_normalized=True):
+    def __init__(self, filename, classes=None, transform=None, coord_normalized=True,
+                 strict=False):
         super().__init__()
         self._rec = os.path.expanduser(str(filename))
         self._idx = os.path.splitext(self._rec)[0] + ".idx"
@@ -143,7 +149,7 @@ class RecordDetection(gluon.data.Dataset):
         if classes is None and os.path.isfile(_classes_path(self._rec)):
             with open(_classes_path(self._rec)) as f:
                 classes = [line.strip() for line in f if line.strip()]
-        counter = SkipCounter()
+        counter = SkipCounter(strict=strict)
         self._keys, self._sizes, self._labels = [], [], []
         for key in keys:
             where = "%s record %s" % (self._rec, key)
@@ -206,14 +212,19 @@ class RecordDetection(gluon.data.Dataset):
         """Label of image ``idx`` without decoding: float32 ``(M, 6)`` pixels (a copy)."""
         return self._labels[idx].copy()
 
-    def __getitem__(self, idx):
+    def load(self, idx):
+        """Raw item ``idx`` and what was repaired: ``(image (H, W, 3) uint8 RGB NDArray, label
+        float32 (M, 6) pixels, events)`` (``events``: tuple of ``('repaired', message)``).
+        Raises :class:`ImageDecodeError` naming the file and record when it must be skipped."""
         key = self._keys[idx]
-        _, payload = self._record(key)
-        img = decode_image(payload, name="%s record %s" % (self._rec, key))
-        label = self._labels[idx].copy()
-        if self._transform is not None:
-            return self._transform(img, label)
-        return img, label
+        name = "%s record %s" % (self._rec, key)
+        try:
+            _, payload = self._record(key)
+        except Exception as err:  # noqa: BLE001 - MXNetError, OSError: file changed or removed
+            raise ImageDecodeError("%s: cannot read record (%s)"
+                                   % (name, str(err).split("\n")[0])) from None
+        arr, events = decode_bytes(payload, name)
+        return mx.nd.array(arr, dtype=np.uint8), self._labels[idx].copy(), events
 
 
 def _payload(dataset, idx):

@@ -5,7 +5,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from gluon_ssd.data._base import AnnotatedImages
-from gluon_ssd.data._validate import DatasetError, SkipCounter, clean_boxes, image_size
+from gluon_ssd.data._validate import (CheckedImages, DatasetError, ImageDecodeError, SkipCounter,
+                                      clean_boxes, close_name, image_size, suspected_typos)
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "parse_voc_xml"]
 
@@ -80,7 +81,7 @@ def parse_voc_xml(path):
             "objects": objects}
 
 
-class VOCDetection(AnnotatedImages):
+class VOCDetection(CheckedImages, AnnotatedImages):
     """Detection dataset in Pascal VOC format.
 
     Parameters
@@ -100,6 +101,9 @@ class VOCDetection(AnnotatedImages):
     skip_empty : bool, default False
         Images without any (valid) object: ``False`` keeps them with a ``(0, 6)`` label;
         ``True`` skips them (counted in ``stats``).
+    strict : bool, default False
+        Every counted annotation problem raises :class:`DatasetError` naming the file instead
+        (``train_ssd.py --strict-data``).
 
     Items
     -----
@@ -111,13 +115,19 @@ class VOCDetection(AnnotatedImages):
     ----------------
     Raises :class:`DatasetError` (naming the file) for a missing root, missing split file, empty
     split, malformed XML. Counts in ``stats`` and reports in one warning line: annotations without
-    image, split ids without XML, objects of unknown class, objects without name/box, boxes
-    clipped to the image, degenerate boxes dropped, empty images skipped. Decoding errors and an
-    image whose size differs from the XML ``<size>`` raise :class:`ImageDecodeError` in
-    ``__getitem__``.
+    image, split ids without XML, objects of unknown class (with the likely intended class when
+    one is spelled nearly alike), objects without name/box, boxes clipped to the image,
+    degenerate boxes dropped, empty images skipped and, when the classes are read from the
+    annotations, rare class names that look like a typo of another one (kept as classes: e.g.
+    one ``racoon`` among many ``raccoon``; list the classes in ``classes.txt`` to drop them).
+    Images (:meth:`load`, ``__getitem__``): the policy of :mod:`gluon_ssd.data._validate`:
+    damaged but decodable images and an image whose size differs from the XML ``<size>`` with
+    the same aspect ratio (boxes rescaled) are repaired with a warning naming the file; an
+    undecodable, missing or differently shaped image raises :class:`ImageDecodeError`.
     """
 
-    def __init__(self, root, splits, classes=None, transform=None, skip_empty=False):
+    def __init__(self, root, splits, classes=None, transform=None, skip_empty=False,
+                 strict=False):
         super().__init__()
         self._root = os.path.expanduser(str(root))
         if not os.path.isdir(self._root):
@@ -131,9 +141,9 @@ class VOCDetection(AnnotatedImages):
         self._transform = transform
         self._skip_empty = skip_empty
         self._single = os.path.isdir(os.path.join(self._root, "Annotations"))
-        self._classes = self._resolve_classes(classes)
+        counter = SkipCounter(strict=strict)
+        self._classes = self._resolve_classes(classes, counter)
         self._index_map = {name: i for i, name in enumerate(self._classes)}
-        counter = SkipCounter()
         self._items = []  # (image path, width, height)
         self._labels = []
         for split in self._splits:
@@ -170,7 +180,7 @@ class VOCDetection(AnnotatedImages):
             raise DatasetError("%s: split file lists no image" % path)
         return folder, ids
 
-    def _resolve_classes(self, classes):
+    def _resolve_classes(self, classes, counter):
         if classes is not None:
             classes = tuple(str(c) for c in classes)
         elif not self._single:
@@ -182,12 +192,16 @@ class VOCDetection(AnnotatedImages):
                     classes = tuple(line.strip() for line in f if line.strip())
             else:
                 ann_dir = os.path.join(self._root, "Annotations")
-                names = set()
+                names = {}
                 for fname in sorted(os.listdir(ann_dir)):
                     if fname.endswith(".xml"):
                         for obj in parse_voc_xml(os.path.join(ann_dir, fname))["objects"]:
                             if obj["name"]:
-                                names.add(obj["name"])
+                                names[obj["name"]] = names.get(obj["name"], 0) + 1
+                for rare, common in suspected_typos(names):
+                    counter.add("class names that look like a typo of another class (kept)",
+                                "%r (%d objects) vs %r (%d objects) in %s"
+                                % (rare, names[rare], common, names[common], ann_dir))
                 classes = tuple(sorted(names))
         if not classes:
             raise DatasetError("%s: no class names given or found in the annotations" % self._root)
@@ -219,7 +233,12 @@ class VOCDetection(AnnotatedImages):
             return
         width, height = ann["width"], ann["height"]
         if width is None or height is None:
-            width, height = image_size(img_path)
+            try:
+                width, height = image_size(img_path)
+            except ImageDecodeError:
+                counter.add("annotations without <size> whose image header is unreadable "
+                            "skipped", img_path)
+                return
         rows = []
         for obj in ann["objects"]:
             name = obj["name"]
@@ -227,7 +246,9 @@ class VOCDetection(AnnotatedImages):
                 counter.add("objects without name or numeric bndbox dropped", xml_path)
                 continue
             if name not in self._index_map:
-                counter.add("objects of unknown class '%s' dropped" % name, xml_path)
+                meant = close_name(name, self._classes)
+                hint = " (a typo of '%s'?)" % meant if meant else ""
+                counter.add("objects of unknown class '%s'%s dropped" % (name, hint), xml_path)
                 continue
             xmin, ymin, xmax, ymax = (v - 1 for v in obj["box"])
             rows.append([xmin, ymin, xmax, ymax, self._index_map[name], obj["difficult"]])
