@@ -50,7 +50,8 @@ def _anchors(generators, sizes):
 
 
 def test_list_models():
-    assert sorted(GLUONCV_NAMES + ['tiny_ssd', 'tiny_ssd_128']) == list_models()
+    ours = ['tiny_ssd', 'tiny_ssd_128', 'scratch_ssd_192', 'scratch_ssd_256', 'scratch_ssd_320']
+    assert sorted(GLUONCV_NAMES + ours) == list_models()
     assert get_model_list() == list_models()
     assert not [n for n in list_models() if n.endswith('_int8')]
 

@@ -27,6 +27,7 @@ import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
 from gluon_ssd.model.blocks import DownSampleBlock, L2Normalization
+from gluon_ssd.model.scratch import scratch_ssd_base
 
 __all__ = ['TinySSDFeatures', 'VGGAtrousFeatures', 'ExpandedBackboneFeatures',
            'ResNetV1bFeatures', 'vgg16_atrous_300', 'vgg16_atrous_512', 'resnet50_v1_512',
@@ -609,6 +610,7 @@ def resnet34_v1b_300(pretrained_base=False, root=None):
 #: Backbone name (as used by the zoo presets) -> constructor ``f(pretrained_base, root)``.
 BACKBONES = {
     'tiny_ssd_base': tiny_ssd_base,
+    'scratch_ssd_base': scratch_ssd_base,
     'vgg16_atrous_300': vgg16_atrous_300,
     'vgg16_atrous_512': vgg16_atrous_512,
     'resnet34_v1b_300': resnet34_v1b_300,

@@ -77,6 +77,19 @@ def _reuse_mapping(reuse_weights, old_classes, new_classes):
                      f"list of class names, got {type(reuse_weights).__name__}")
 
 
+def _norm_head(channels, initializer):
+    """3x3 conv (no bias) -> BatchNorm -> ReLU, ``(B, C, h, w) -> (B, C, h, w)``."""
+    if not channels:
+        raise ValueError("head_norm=True needs the channels of every feature map")
+    block = nn.HybridSequential(prefix='')
+    with block.name_scope():
+        block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=channels,
+                            weight_initializer=initializer))
+        block.add(nn.BatchNorm(in_channels=channels))
+        block.add(nn.Activation('relu'))
+    return block
+
+
 def _class_index(key, classes, which):
     """Index of class ``key`` (a name or an int) in ``classes``; ``which`` names the list."""
     if isinstance(key, str):
@@ -147,6 +160,11 @@ class SSD(PrecisionMixin, HybridBlock):
     predictor_kernel, predictor_pad : int or (int, int)
         Geometry of the class and box predictor convolutions (3x3 pad 1; GluonCV's lite preset
         uses 1x1 pad 0).
+    head_norm : bool
+        ``False`` (default, SSD/GluonCV): each predictor is one 3x3 convolution on the feature
+        map. ``True`` (for training from scratch, as ScratchDet): every map first goes through a
+        3x3 conv (no bias) -> BatchNorm -> ReLU of ``C_k`` channels that both predictors read
+        (attribute ``head_norms``). Needs ``num_filters_per_map``.
     init : 'xavier', 'uniform', 'normal' or an ``mx.init.Initializer``
         Initializer of the weights of the *added* layers (predictors and extra feature layers):
         ``xavier`` = ``Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)``,
@@ -169,7 +187,7 @@ class SSD(PrecisionMixin, HybridBlock):
     def __init__(self, features, num_filters_per_map, sizes, ratios, steps, classes, im_size,
                  stds=(0.1, 0.1, 0.2, 0.2), nms_thresh=0.45, nms_topk=400, post_nms=100,
                  decoder='per_class', init='xavier', anchor_generator=None,
-                 predictor_kernel=(3, 3), predictor_pad=(1, 1), **kwargs):
+                 predictor_kernel=(3, 3), predictor_pad=(1, 1), head_norm=False, **kwargs):
         super().__init__(**kwargs)
         num_layers = len(sizes)
         if num_layers == 0:
@@ -202,10 +220,13 @@ class SSD(PrecisionMixin, HybridBlock):
             self.class_predictors = nn.HybridSequential()
             self.box_predictors = nn.HybridSequential()
             self.anchor_generators = nn.HybridSequential()
+            self.head_norms = nn.HybridSequential() if head_norm else None
             for size, ratio, step, in_channels in zip(sizes, ratios, steps,
                                                       num_filters_per_map):
                 anchors = anchor_generator(size, ratio, step, self._im_size)
                 self.anchor_generators.add(anchors)
+                if head_norm:
+                    self.head_norms.add(_norm_head(in_channels, self._initializer))
                 self.class_predictors.add(ConvPredictor(
                     anchors.num_anchors * (len(classes) + 1), in_channels=in_channels,
                     weight_initializer=self._initializer, **self._predictor_geometry))
@@ -377,6 +398,8 @@ class SSD(PrecisionMixin, HybridBlock):
         if len(feats) != len(self.class_predictors):
             raise ValueError(f"the feature extractor returned {len(feats)} maps but the SSD has "
                              f"{len(self.class_predictors)} predictor layers")
+        if self.head_norms is not None:
+            feats = [norm(f) for norm, f in zip(self.head_norms, feats)]
         cls_maps = [pred(f) for pred, f in zip(self.class_predictors, feats)]
         box_maps = [pred(f) for pred, f in zip(self.box_predictors, feats)]
         anchors = [gen(f) for gen, f in zip(self.anchor_generators, feats)]
