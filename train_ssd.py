@@ -11,14 +11,86 @@
 The headline result is the final epoch's VOC07 mAP (the best epoch's is printed beside it:
 picking the best epoch on the validation split flatters it).
 
-Exit codes: 0 success, 2 bad configuration or data (one-line message, nothing trained), 3 the
-loss became NaN/inf (the last good checkpoint is kept).
+Exit codes: 0 success; 2 a problem to fix (bad flags or data, an --out-dir that is not writable,
+already used by another run or not empty without --resume/--overwrite, a checkpoint that cannot be
+written or read): one line naming the flag or file; 3 the loss became NaN/inf (the last good
+checkpoint is kept); 130 Ctrl-C, 143 SIGTERM: one line, and the checkpoint of the last completed
+epoch is kept (``--resume RUN`` continues it, bit-identically).
 """
+import os
+import signal
 import sys
-
-from gluon_ssd.errors import UserError, fail
+import threading
 
 PROG = 'train_ssd.py'
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM in the training process: unwinds like Ctrl-C (the checkpoint being written is
+    finished first: :func:`gluon_ssd.checkpoint.signals_deferred`)."""
+    signum = signal.SIGTERM
+
+
+_SIGTERM = {'handler': None, 'at_fork': False}
+
+
+def _child_default_sigterm():
+    """In a process forked while our SIGTERM handler is installed (a data-loader worker): the
+    default action, so that the pool's ``terminate()`` ends it at once and without a traceback,
+    even while it is blocked inside C code."""
+    if _SIGTERM['handler'] is not None and signal.getsignal(signal.SIGTERM) is _SIGTERM['handler']:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _install_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` in this process (forked children keep the default
+    action). Returns a function restoring the old handler."""
+    def handler(_signum, _frame):
+        raise _Terminated()
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:                       # not the main thread: leave signals alone
+        return lambda: None
+    _SIGTERM['handler'] = handler
+    if not _SIGTERM['at_fork'] and hasattr(os, 'register_at_fork'):
+        os.register_at_fork(after_in_child=_child_default_sigterm)
+        _SIGTERM['at_fork'] = True
+
+    def restore():
+        _SIGTERM['handler'] = None
+        signal.signal(signal.SIGTERM, old)
+    return restore
+
+
+def _close_progress_bars():
+    tqdm = sys.modules.get('tqdm')
+    for bar in list(getattr(getattr(tqdm, 'tqdm', None), '_instances', None) or ()):
+        try:
+            bar.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
+def _interrupted(exc, cfg):
+    """One line for Ctrl-C / SIGTERM: what is kept and how to continue. Returns 128 + signal."""
+    signum = getattr(exc, 'signum', signal.SIGINT)
+    name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C (SIGINT)'
+    _close_progress_bars()
+    sys.stdout.flush()
+    run_dir = getattr(cfg, 'out_dir', None)
+    message = f"interrupted by {name}"
+    if run_dir and os.path.isdir(run_dir):
+        from gluon_ssd.checkpoint import committed_checkpoint
+        _, done = committed_checkpoint(run_dir)
+        if done is not None:
+            message += (f"; {run_dir} keeps its checkpoint after {done} of {cfg.epochs} epochs: "
+                        f"continue with {PROG} --resume {run_dir}")
+        else:
+            message += (f" before the first epoch ended: nothing to resume in {run_dir} (start "
+                        "again with --overwrite)")
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
+    return 128 + int(signum)
 
 
 def _fmt(value):
@@ -27,9 +99,31 @@ def _fmt(value):
 
 def main(argv=None):
     """Parse flags, train, print the run directory and mAP. Returns the exit code."""
+    restore_sigterm = _install_sigterm()     # first: even the imports can be interrupted
+    old_sigint = signal.getsignal(signal.SIGINT) \
+        if threading.current_thread() is threading.main_thread() else None
+    run = {'cfg': None}
+    try:
+        return _main(argv, run)
+    except KeyboardInterrupt as exc:        # Ctrl-C, or SIGTERM (_Terminated)
+        if old_sigint is not None:          # a second one: no traceback either
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
+        return _interrupted(exc, run['cfg'])
+    finally:
+        restore_sigterm()
+        if old_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
+
+
+def _main(argv, run):
+    from gluon_ssd.errors import UserError, fail
     try:
         from gluon_ssd.config import parse_config
-        cfg = parse_config(argv)
+        cfg = run['cfg'] = parse_config(argv)
+        if cfg.out_dir and not cfg.horovod and not cfg.kvstore.startswith('dist'):
+            from gluon_ssd.rundir import check_run_dir   # before the heavy imports and data
+            check_run_dir(cfg.out_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
         from gluon_ssd.engine import train  # heavy imports after flag checks
         result = train(cfg)
     except UserError as exc:

@@ -132,6 +132,7 @@ def make_config(args, norm, init, seed, out_dir):
                                                          max(1, int(args.epochs * 0.9))})
                                   if e < args.epochs)
     cfg.val_interval = args.epochs
+    cfg.overwrite = True      # an interrupted cell of the grid is trained again from the start
     cfg.save_interval = args.epochs
     cfg.log_interval = 10 ** 6
     return validate(fill_defaults(cfg))

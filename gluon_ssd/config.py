@@ -45,11 +45,18 @@ NETWORK_PRESETS = {
     'tiny_ssd': dict(optimizer='adam', batch_size=16,
                      lr=0.003, lr_mode='cosine', epochs=16, lr_decay_epoch='12,14',
                      warmup_epochs=0.5, wd=5e-4, max_expand=1, pretrained_base=False),
+    # scratch_ssd (model/scratch.py: BatchNorm everywhere, anchors 6-90 %), measured on the
+    # raccoon photos (160 train / 40 test, 40 epochs, ~460 CPU s, 3 seeds): final VOC07 mAP
+    # 0.625 +- 0.030 vs 0.478 for d2l's recipe (30 epochs, 703 CPU s). Adam + cosine beat SGD
+    # at equal epochs; zoom-out up to 2x. 10 epochs on the 1000 synthetic images (~5 min).
+    'scratch_ssd': dict(optimizer='adam', batch_size=16, lr=0.003, lr_mode='cosine', epochs=10,
+                        lr_decay_epoch='', warmup_epochs=1, wd=5e-4, max_expand=2,
+                        pretrained_base=False),
 }
 # Every network of the zoo with an ImageNet base trains with GluonCV's recipe.
 NETWORK_PRESETS.update({name: dict(_GLUONCV) for name in NETWORKS if name not in NETWORK_PRESETS})
 #: Networks without ImageNet weights (``--pretrained-base`` is an error for them).
-NO_PRETRAINED_BASE = ('tiny_ssd',)
+NO_PRETRAINED_BASE = ('tiny_ssd', 'scratch_ssd')
 
 # Defaults shared by every network (GluonCV's script values where it has the flag).
 COMMON_DEFAULTS = dict(lr_decay=0.1, momentum=0.9, log_interval=20,
@@ -59,7 +66,7 @@ COMMON_DEFAULTS = dict(lr_decay=0.1, momentum=0.9, log_interval=20,
 #: how often it is logged or saved, and how fast the data is loaded (augmentation is seeded per
 #: item, so the number of loader workers does not change the batches).
 RESUME_MUTABLE = ('epochs', 'num_workers', 'log_interval', 'save_interval', 'val_interval',
-                  'no_progress', 'num_samples_viz')
+                  'no_progress', 'num_samples_viz', 'strict_data')
 
 
 @dataclass
@@ -93,6 +100,7 @@ class TrainConfig:
     kvstore: str = 'device'
     horovod: bool = False
     out_dir: str = None
+    overwrite: bool = False
     loss_norm: str = 'batch'
     init: str = 'xavier'
     decoder: str = 'per_class'
@@ -108,6 +116,8 @@ class TrainConfig:
     cpu_contexts: int = 1
     no_progress: bool = False
     num_samples_viz: int = 8
+    # Every skipped or repaired image is an error instead of a counted warning (--strict-data).
+    strict_data: bool = False
     # Every ``--resume`` of the run: ``{'time', 'from', 'changes': {key: [old, new]}}``.
     history: list = field(default_factory=list)
 
@@ -191,7 +201,10 @@ def build_parser():
            'AVX512-BF16 or AMX, emulated on other AVX-512 CPUs, refused without AVX-512)')
     a('--kvstore', default='device', help='device | local | dist_sync | dist_device_sync')
     a('--horovod', action='store_true', help='distributed training with Horovod')
-    a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>)')
+    a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>); a new '
+                        'run refuses a non-empty one unless --resume or --overwrite')
+    a('--overwrite', action='store_true',
+      help='start a new run in a used --out-dir: the previous run\'s files there are deleted')
     a('--loss-norm', choices=('batch', 'sample'), default='batch',
       help='divide the loss by positives of the whole batch (GluonCV) or of each image')
     a('--pretrained-base', action=argparse.BooleanOptionalAction,
@@ -214,6 +227,9 @@ def build_parser():
     a('--num-val', type=int, default=0, help='use only the first N validation images (0 = all)')
     a('--no-progress', action='store_true', help='no tqdm progress bar')
     a('--num-samples-viz', type=int, default=8, help='validation images in detections.png')
+    a('--strict-data', action='store_true',
+      help='stop (exit 2, naming the file) at the first image that would be skipped or repaired '
+           '(unreadable, truncated, wrong size) instead of counting it')
     # Hidden: CPU contexts standing in for GPUs (tests of the multi-device path).
     a('--cpu-contexts', type=int, default=1, help=argparse.SUPPRESS)
     return p
@@ -267,6 +283,11 @@ def restore_for_resume(cfg, explicit):
     for key, value in explicit.items():
         if key in ('resume', 'start_epoch'):
             continue
+        if key == 'overwrite':
+            if value:
+                raise UserError(f"--overwrite starts a new run; it contradicts --resume "
+                                f"{cfg.resume} (drop one of them)")
+            continue
         if key == 'out_dir':
             if os.path.abspath(value) != os.path.abspath(run_dir):
                 raise UserError(f"--out-dir {value} contradicts --resume {cfg.resume}: a resumed "
@@ -281,7 +302,7 @@ def restore_for_resume(cfg, explicit):
                             f"{', '.join(_flag(k) for k in RESUME_MUTABLE)} may change")
         changes[key] = [old, value]
         setattr(restored, key, value)
-    restored.resume, restored.out_dir = cfg.resume, run_dir
+    restored.resume, restored.out_dir, restored.overwrite = cfg.resume, run_dir, False
     restored.history = list(restored.history) + [
         {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'from': cfg.resume, 'changes': changes}]
     return restored

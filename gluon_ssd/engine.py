@@ -22,7 +22,6 @@ directory. ``--horovod`` uses Horovod's ``DistributedTrainer``.
 import math
 import os
 import random
-import shutil
 import time
 
 import mxnet as mx
@@ -31,6 +30,7 @@ from mxnet import autograd, gluon
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import rundir
+from gluon_ssd.data import ImageDecodeError
 from gluon_ssd.data.build import max_objects_of, open_datasets, train_loader
 from gluon_ssd.devices import make_contexts
 from gluon_ssd.distributed import (create_kvstore, global_batch_size, is_distributed,
@@ -118,7 +118,7 @@ def run_model_name(cfg):
 def open_data(cfg):
     """``(train_dataset, val_dataset, classes)`` of raw items (see :mod:`gluon_ssd.data.build`)."""
     return open_datasets(cfg.dataset, cfg.dataset_root, cfg.train_split, cfg.val_split,
-                         cfg.num_train, cfg.num_val)
+                         cfg.num_train, cfg.num_val, strict=cfg.strict_data)
 
 
 def build_net(cfg, classes, ctx, load_weights=True):
@@ -134,7 +134,7 @@ def build_net(cfg, classes, ctx, load_weights=True):
         net = _pretrained_detector(cfg, name, ctx)
         reuse = [c for c in classes if c in net.classes]
         if list(net.classes) != list(classes):
-            net.reset_class(classes, reuse_weights=reuse or None)
+            net.reset_class(classes, reuse_weights=reuse or None, keep_background=True)
         LOG.info('fine-tuning %s (%s): %d of %d classes keep their trained predictors',
                  cfg.pretrained, name, len(reuse), len(classes))
         return net
@@ -278,14 +278,18 @@ def save_detection_picture(net, meta, val_ds, count, ctx, path):
     transform = input_transform(meta)
     images, dets, gts = [], [], []
     for i in range(min(count, len(val_ds))):
-        img, label = transform(*val_ds[i])
+        try:
+            img, label = transform(*val_ds[i])
+        except ImageDecodeError:     # skipped and counted by the validation already
+            continue
         ids, scores, bboxes = (a.asnumpy() for a in net(img.expand_dims(0).as_in_context(ctx)))
         finite_detections(ids, scores, bboxes)
         keep = ids[0, :, 0] >= 0
         dets.append((bboxes[0][keep], scores[0, :, 0][keep], ids[0, :, 0][keep]))
         images.append(_denormalize(img, meta['mean'], meta['std']))
         gts.append(np.asarray(label))
-    save_detections_grid(images, dets, gts, meta['classes'], path)
+    if images:                   # --num-samples-viz 0: no picture
+        save_detections_grid(images, dets, gts, meta['classes'], path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +336,10 @@ class Run:
         self._setup_kvstore()
         self.is_chief = self.rank == 0
         self.run_dir = cfg.out_dir
-        os.makedirs(self.run_dir, exist_ok=True)
+        # the run's directory: created, locked by the chief, refused if another run's (not
+        # --resume / --overwrite)
+        self.run_lock = rundir.claim_run_dir(self.run_dir, resume=bool(cfg.resume),
+                                             overwrite=cfg.overwrite, chief=self.is_chief)
         self.log_handlers = rundir.setup_logging(self.run_dir, self.rank)
         _seed_everything(cfg.seed)
         self.net = build_net(cfg, self.classes, self.ctx, load_weights=not self.resume_state)
@@ -369,13 +376,24 @@ class Run:
 
     def _restore(self):
         state = self.resume_state
-        self.net.load_parameters(state['params'], ctx=self.ctx)
+        try:
+            self.net.load_parameters(state['params'], ctx=self.ctx)
+        except (AssertionError, mx.base.MXNetError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"--resume {state['params']}: its weights do not fit "
+                            f"{run_model_name(self.cfg)} with {len(self.classes)} classes "
+                            f"({first}); --resume continues the same run: to start from "
+                            "another detector use --pretrained") from None
         if state.get('states'):
             self.trainer.load_states(state['states'])
         self.start_epoch = int(state['epoch'])
         self.best_map = state.get('best_map')
         if state.get('rng'):
             ckpt.set_rng_state(state['rng'])
+        for note in state.get('skipped', ()):
+            LOG.warning('resume: skipped %s', note)
+        if self.is_chief:
+            ckpt.repair_last_params(self.run_dir, state)
         LOG.info('resumed from %s at epoch %d', state['params'], self.start_epoch)
 
     # -- one epoch -----------------------------------------------------------------------------
@@ -387,7 +405,11 @@ class Run:
         acc = [mx.nd.zeros((3,), ctx=self.ctx[0])]   # sum of loss, cls, box over the epoch
         bar = _progress(num_batches, epoch, cfg.no_progress or not self.is_chief)
         tic = time.time()
-        for i, (data, label) in enumerate(self.train_loader):
+        from gluon_ssd.data.build import LoadProblems  # pylint: disable=import-outside-toplevel
+        problems = LoadProblems(strict=cfg.strict_data)   # skipped/repaired images (any worker)
+        for i, batch in enumerate(self.train_loader):
+            problems.add(batch)
+            data, label = batch
             self.trainer.set_learning_rate(learning_rate(cfg, epoch + i / num_batches))
             acc[0] = acc[0] + self._loss_sums(self.step(data, label))
             if 'after_batch' in self.hooks:
@@ -399,10 +421,12 @@ class Run:
         elapsed = time.time() - tic
         bar.close()
         _check_finite(float(sums[0]), f'epoch {epoch}', self.run_dir)
+        if problems:
+            LOG.warning('%s', problems.summary(f'[epoch {epoch}] training data'))
         return {'epoch': epoch, 'lr': self.trainer.learning_rate, 'loss': float(sums[0]),
                 'cls_loss': float(sums[1]), 'box_loss': float(sums[2]),
                 'img_per_s': num_batches * cfg.batch_size / max(elapsed, 1e-9),
-                'time': elapsed}
+                'time': elapsed, **problems.as_record()}
 
     def step(self, data, label):
         """One optimisation step on a batch; returns ``[sum, cls, box]`` lists of losses."""
@@ -439,14 +463,15 @@ class Run:
         last = epoch == cfg.epochs - 1
         self._check_params_finite(epoch)
         if self.is_chief and ((epoch + 1) % cfg.val_interval == 0 or last):
-            summaries = self.evaluator(self.net, self.ctx)
+            summaries = self.evaluator(self.net, self.ctx, strict=cfg.strict_data)
             record['map'] = summaries['voc07']['map']
+            record.update({'val_' + k: summaries['voc07'].get(k, 0) for k in _DATA_KEYS[:2]})
             if 'coco' in summaries:
                 record['coco_ap'] = summaries['coco']['map']
-        LOG.info('[epoch %d] lr %.5f loss %.4f (cls %.4f, box %.4f) %.1f img/s%s%s', epoch,
+        LOG.info('[epoch %d] lr %.5f loss %.4f (cls %.4f, box %.4f) %.1f img/s%s%s%s', epoch,
                  record['lr'], record['loss'], record['cls_loss'], record['box_loss'],
                  record['img_per_s'], _fmt_metric(' mAP', record.get('map')),
-                 _fmt_metric(' COCO AP', record.get('coco_ap')))
+                 _fmt_metric(' COCO AP', record.get('coco_ap')), _fmt_data(record))
         if not self.is_chief:
             return
         self.records.append(record)
@@ -462,16 +487,17 @@ class Run:
     def _save(self, epoch, record):
         m = record.get('map')
         improved = m is not None and (self.best_map is None or m > self.best_map)
-        if improved:
-            self.best_map = m
-            ckpt.atomic_write(os.path.join(self.run_dir, 'best.params'), self.net.save_parameters)
-        if (epoch + 1) % self.cfg.save_interval == 0:
-            ckpt.atomic_write(os.path.join(self.run_dir, f'epoch_{epoch:04d}.params'),
-                              self.net.save_parameters)
-        state = {'epoch': epoch + 1, 'seed': self.cfg.seed, 'classes': self.classes,
-                 'network': self.cfg.network, 'data_shape': self.cfg.data_shape,
-                 'best_map': self.best_map, 'mx_seed_schedule': 'seed*1000003+epoch'}
-        ckpt.save_checkpoint(self.run_dir, self.net, self.trainer, state)
+        with ckpt.signals_deferred():   # Ctrl-C/SIGTERM now: this epoch's checkpoint first
+            if improved:
+                self.best_map = m
+                ckpt.write_params(os.path.join(self.run_dir, 'best.params'), self.net)
+            if (epoch + 1) % self.cfg.save_interval == 0:
+                ckpt.write_params(os.path.join(self.run_dir, f'epoch_{epoch:04d}.params'),
+                                  self.net)
+            state = {'epoch': epoch + 1, 'seed': self.cfg.seed, 'classes': self.classes,
+                     'network': self.cfg.network, 'data_shape': self.cfg.data_shape,
+                     'best_map': self.best_map, 'mx_seed_schedule': 'seed*1000003+epoch'}
+            ckpt.save_checkpoint(self.run_dir, self.net, self.trainer, state)
         if 'after_save' in self.hooks:
             self.hooks['after_save'](epoch)
 
@@ -479,8 +505,8 @@ class Run:
         """Pictures and ``best.params``; returns the run's summary (see :func:`train`)."""
         if self.is_chief:
             best = os.path.join(self.run_dir, 'best.params')
-            if not os.path.isfile(best):
-                shutil.copyfile(os.path.join(self.run_dir, 'last.params'), best)
+            if not os.path.isfile(best):      # never validated: the final weights
+                ckpt.write_params(best, self.net)
             if self.records:
                 from gluon_ssd.viz import plot_curves
                 plot_curves(self.records, os.path.join(self.run_dir, 'curves.png'),
@@ -495,7 +521,8 @@ class Run:
                 'final_coco_ap': final and final.get('coco_ap'),
                 'best_map': self.best_map, 'best_epoch': best and best['epoch'],
                 'records': list(self.records), 'classes': self.classes,
-                'model': self.meta['model']}
+                'model': self.meta['model'],
+                'data_skips': {k: sum(r.get(k) or 0 for r in self.records) for k in _DATA_KEYS}}
 
     def close(self):
         rundir.close_logging(self.log_handlers)
@@ -503,6 +530,17 @@ class Run:
 
 def _fmt_metric(label, value):
     return f'{label} {value:.4f}' if value is not None else ''
+
+
+# epoch-record counts of images skipped / repaired (gluon_ssd.data.build.LoadProblems)
+_DATA_KEYS = ('skipped_images', 'repaired_images', 'val_skipped_images', 'val_repaired_images')
+
+
+def _fmt_data(record):
+    """`` images: 2 skipped, 1 repaired, 1 val skipped`` (empty when all counts are 0)."""
+    parts = [f"{record[k]} {k[:-len('_images')].replace('_', ' ')}" for k in _DATA_KEYS
+             if record.get(k)]
+    return f" images: {', '.join(parts)}" if parts else ''
 
 
 def _progress(total, epoch, disable):
@@ -525,7 +563,7 @@ def train(cfg, ctx=None, hooks=None):
     :class:`~gluon_ssd.errors.UserError` (bad configuration or data, before training starts) or
     :class:`TrainingDiverged` (NaN loss).
     """
-    run = Run(cfg, ctx or make_contexts(cfg.gpus, cfg.cpu_contexts))
+    run = Run(cfg, ctx or make_contexts(cfg.gpus, cfg.cpu_contexts), hooks)
     try:
         run.setup()
         for epoch in range(run.start_epoch, cfg.epochs):
@@ -537,3 +575,4 @@ def train(cfg, ctx=None, hooks=None):
         raise
     finally:
         run.close()
+        rundir.release_run_dir(getattr(run, 'run_lock', None))

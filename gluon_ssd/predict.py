@@ -174,13 +174,17 @@ def main(argv=None):
         if not 0 <= args.thresh <= 1:
             raise UserError(f"--thresh: must be in [0, 1], got {args.thresh}")
         image_paths(args.images)                  # fail on a missing file before loading
+        if args.out_dir:                          # ... or an unusable --out-dir
+            from gluon_ssd.rundir import check_out_dir
+            check_out_dir(args.out_dir)
         net, meta = model_from_args(args)
         ctx = contexts_from_args(args)[0]
         records = predict_images(net, meta, args.images, args.thresh, args.out_dir or None, ctx)
     except UserError as exc:
         return fail(PROG, exc)
-    except OSError as exc:
-        return fail(PROG, f"--out-dir {args.out_dir}: {exc.strerror or exc}")
+    except OSError as exc:                        # writing into --out-dir (e.g. disk full)
+        where = f" ({exc.filename})" if exc.filename else ''
+        return fail(PROG, f"--out-dir {args.out_dir}: {exc.strerror or exc}{where}")
     json.dump(records, sys.stdout, indent=1)
     sys.stdout.write('\n')
     return 0

@@ -147,17 +147,45 @@ class _FailingNet:
 
 
 def test_checkpoint_atomic_and_verified(tmp_path):
-    ckpt.save_checkpoint(str(tmp_path), _FakeNet(b'one'), None, {'epoch': 1})
-    state, paths = ckpt.load_checkpoint_state(str(tmp_path))
-    assert state['epoch'] == 1 and 'rng' in state
-    with pytest.raises(OSError):
-        ckpt.save_checkpoint(str(tmp_path), _FailingNet(), None, {'epoch': 2})
-    assert open(paths['params'], 'rb').read() == b'one'            # old checkpoint intact
-    assert sorted(os.listdir(tmp_path)) == ['last.json', 'last.params']  # no temp files left
-    with open(paths['params'], 'wb') as f:
-        f.write(b'two')                                           # params without its json
-    with pytest.raises(ckpt.CheckpointError, match='does not match'):
-        ckpt.load_checkpoint_state(str(tmp_path))
+    run = str(tmp_path)
+    ckpt.save_checkpoint(run, _FakeNet(b'one'), None, {'epoch': 1})
+    state = ckpt.load_checkpoint_state(run)
+    assert state['epoch'] == 1 and 'rng' in state and state['states'] is None
+    assert open(state['params'], 'rb').read() == b'one' == (tmp_path / 'last.params').read_bytes()
+    with pytest.raises(ckpt.CheckpointError, match='disk full.*epoch 1 is kept'):
+        ckpt.save_checkpoint(run, _FailingNet(), None, {'epoch': 2})
+    # the old checkpoint intact and still the committed one; nothing half-written left
+    assert sorted(os.listdir(run)) == ['checkpoints', 'last.json', 'last.params']
+    assert os.listdir(tmp_path / 'checkpoints') == ['ckpt-0001']
+    assert ckpt.load_checkpoint_state(run)['epoch'] == 1
+    new = ckpt.save_checkpoint(run, _FakeNet(b'two'), None, {'epoch': 2})
+    assert os.listdir(tmp_path / 'checkpoints') == ['ckpt-0002']     # older ones removed
+    assert (tmp_path / 'last.params').read_bytes() == b'two'
+    with open(new['params'], 'wb') as f:
+        f.write(b'tw0')                                            # damaged afterwards
+    with pytest.raises(ckpt.CheckpointError, match='does not match') as err:
+        ckpt.load_checkpoint_state(run)
+    assert '\n' not in str(err.value) and 'no usable checkpoint' in str(err.value)
+
+
+def test_checkpoint_resaving_the_committed_epoch(tmp_path):
+    """--resume FILE --start-epoch N into a run whose last checkpoint is epoch N+1."""
+    run = str(tmp_path)
+    ckpt.save_checkpoint(run, _FakeNet(b'one'), None, {'epoch': 2})
+    again = ckpt.save_checkpoint(run, _FakeNet(b'two'), None, {'epoch': 2})
+    assert again['dir'].endswith('ckpt-0002-1')
+    state = ckpt.load_checkpoint_state(run)
+    assert open(state['params'], 'rb').read() == b'two'
+    assert os.listdir(tmp_path / 'checkpoints') == ['ckpt-0002-1']
+
+
+def test_checkpoint_signals_are_deferred_while_saving():
+    import signal
+    with pytest.raises(KeyboardInterrupt):
+        with ckpt.signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done = True                           # not interrupted inside the block
+    assert done
 
 
 def test_rng_state_roundtrip():

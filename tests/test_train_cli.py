@@ -24,7 +24,7 @@ from gluon_ssd.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / 'train_ssd.py')
 RUN_FILES = ('config.json', 'model.json', 'train.log', 'metrics.jsonl', 'best.params', 'last.params',
-             'last.states', 'last.json', 'curves.png', 'detections.png')
+             'last.json', 'curves.png', 'detections.png')
 
 
 def _env():
@@ -93,9 +93,10 @@ def test_cli_subprocess_configuration_error(tmp_path):
                            str(tmp_path / 'r')], capture_output=True, text=True, env=_env(),
                           timeout=120)
     assert proc.returncode == 2
+    from gluon_ssd.model.zoo import NETWORKS
     assert proc.stderr.strip().splitlines() == [
         "train_ssd.py: error: --network: unknown network 'resnet9000'; choose one of "
-        "tiny_ssd, vgg16_atrous, resnet50_v1, mobilenet1.0"]
+        + ', '.join(NETWORKS)]
 
 
 def test_resume_with_different_classes_is_refused(data_root, tmp_path):
@@ -124,7 +125,8 @@ def test_run_directory_and_metrics(baseline):
         assert {'epoch', 'lr', 'loss', 'cls_loss', 'box_loss', 'img_per_s', 'map'} <= set(r)
         assert np.isfinite(r['loss']) and r['img_per_s'] > 0
     assert records[-1]['loss'] < records[0]['loss']
-    state = json.loads((out / 'last.json').read_text())
+    assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['ckpt-0006']
+    state = ckpt.load_checkpoint_state(str(out))
     assert state['epoch'] == 6 and state['classes'] == baseline['result']['classes']
     assert json.loads((out / 'config.json').read_text())['network'] == 'tiny_ssd'
     meta = json.loads((out / 'model.json').read_text())
@@ -218,7 +220,9 @@ def test_resume_records_accepted_changes_in_config_json(baseline, tmp_path):
 def test_nan_loss_stops_and_keeps_last_checkpoint(baseline, data_root, tmp_path):
     run = tmp_path / 'nan'
     shutil.copytree(baseline['out'], run)
-    before = {n: _md5(run / n) for n in ('last.params', 'last.states', 'last.json', 'best.params')}
+    files = ('last.params', 'last.json', 'best.params', 'checkpoints/ckpt-0006/model.params',
+             'checkpoints/ckpt-0006/trainer.states', 'checkpoints/ckpt-0006/record.json')
+    before = {n: _md5(run / n) for n in files}
     saved = json.loads((run / 'config.json').read_text())   # --resume keeps the run's --lr
     (run / 'config.json').write_text(json.dumps(dict(saved, lr=1e12)))
     cfg = parse_config(['--resume', str(run), '--epochs', '8', '--log-interval', '1'])
@@ -343,3 +347,18 @@ def test_dist_sync_two_workers_with_launcher(data_root, tmp_path):
     assert [r['epoch'] for r in records] == [0, 1] and records[-1]['map'] is not None
     for name in RUN_FILES:
         assert (out / name).is_file(), name
+
+
+def test_resume_with_weights_of_another_detector_is_one_line(data_root, tmp_path):
+    """Bug: --resume with an 80-class file on a 1-class dataset crashed with an AssertionError."""
+    from gluon_ssd.model.zoo import get_model
+    other = get_model('tiny_ssd', classes=[f'c{i}' for i in range(80)])
+    other.initialize()
+    other(mx.nd.zeros((1, 3, 256, 256)))
+    path = tmp_path / 'coco80.params'
+    other.save_parameters(str(path))
+    cfg = parse_config(_small_args(data_root, tmp_path / 'run', '--resume', str(path),
+                                   '--epochs', '1'))
+    with pytest.raises(UserError, match='do not fit tiny_ssd with 6 classes') as err:
+        engine.train(cfg)
+    assert '--pretrained' in str(err.value) and '\n' not in str(err.value)
