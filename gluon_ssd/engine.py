@@ -175,8 +175,14 @@ class _quiet_init:
 
 def label_rows(cfg, train_ds):
     """Fixed label padding ``M`` of the training batches: ``--max-objects`` or the dataset's
-    most objects per image."""
-    return cfg.max_objects or max_objects_of(train_ds)
+    most objects per image. A ``--max-objects`` below what the dataset holds is an error now,
+    naming the flag, rather than in whichever later epoch first draws that image."""
+    most = max_objects_of(train_ds) if (not cfg.max_objects or hasattr(train_ds, 'label')) \
+        else None
+    if cfg.max_objects and most is not None and most > cfg.max_objects:
+        raise UserError(f"--max-objects {cfg.max_objects}: a training image has {most} objects; "
+                        f"use --max-objects {most} or more (or 0: the dataset's most)")
+    return cfg.max_objects or most
 
 
 def build_graph(cfg, net, max_objects):

@@ -25,8 +25,15 @@ truth, the union of candidates (sorted by anchor index, duplicates zeroed) forms
 on the full matrix, ties included. ``M``, the label padding, is read from the inputs when called
 with NDArrays, or is ``max_objects`` when traced inside a bigger graph; without either the full
 matrix is used. MXNet's axis reductions (``max``/``argmax``) are slow on CPU, so the per-anchor
-best ground truth is a running maximum over the ``M`` rows and the other reductions use global
-pooling or the ``topk`` result.
+best ground truth is a running maximum over the ``M`` rows (small ``M``) or two global poolings
+of the ``(B, N, M)`` matrix, and the other reductions use global pooling or the ``topk`` result.
+
+Many objects per image (issue 13). The reduced matrix has ``M**3`` entries per image (plus
+``(3, B, M*K, M)`` gather indices), and the running maximum unrolls ``3*M`` ops into the graph:
+at ``M = 200-300`` that was gigabytes and seconds per image. Both are now bounded by ``O(N*M)``:
+the reduced problem is only used while ``M*M`` is at most about ``N`` (else the full ``(B, N, M)``
+matrix, whose greedy pass makes the same choices by definition), and the running maximum only
+for ``M <= 32`` (else the poolings). The outputs are unchanged, bit for bit.
 
 This reproduces GluonCV's ``SSDTargetGenerator(negative_mining_ratio=-1)`` on the same inputs,
 ties included, with one deliberate difference: an anchor is never matched to a padding row
@@ -105,7 +112,7 @@ class SSDTargetGenerator(gluon.HybridBlock):
         self._neg_thresh = float(neg_thresh)
         self._max_objects = None if max_objects is None else int(max_objects)
         # label rows M and candidates per ground truth K of the graph to trace (None: unknown)
-        self._num_gt = self._topk = self._max_objects
+        self._num_gt, self._topk = self._max_objects, _candidates(self._max_objects)
         self._stds = tuple(float(v) for v in stds)
         self._means = (0.0, 0.0, 0.0, 0.0)
         if len(self._stds) != 4:
@@ -121,7 +128,7 @@ class SSDTargetGenerator(gluon.HybridBlock):
         if value is not None and int(value) < 1:
             raise ValueError(f"max_objects must be None or >= 1, got {value!r}")
         self._max_objects = None if value is None else int(value)
-        self._num_gt = self._topk = self._max_objects
+        self._num_gt, self._topk = self._max_objects, _candidates(self._max_objects)
         self._clear_cached_op()
 
     def forward(self, anchors, *args):  # pylint: disable=arguments-differ
@@ -129,8 +136,9 @@ class SSDTargetGenerator(gluon.HybridBlock):
         it: a new ``M`` rebuilds the cached graph)."""
         if isinstance(anchors, mx.nd.NDArray) and len(args) == 3:
             num_gt, num_anchors = args[1].shape[1], anchors.shape[1]
-            if num_gt != self._num_gt or min(num_anchors, num_gt) != self._topk:
-                self._num_gt, self._topk = num_gt, min(num_anchors, num_gt)
+            topk = _candidates(num_gt, num_anchors)
+            if num_gt != self._num_gt or topk != self._topk:
+                self._num_gt, self._topk = num_gt, topk
                 self._clear_cached_op()
         return super().forward(anchors, *args)
 
@@ -237,7 +245,7 @@ class SSDTargetGenerator(gluon.HybridBlock):
 
     def _match(self, F, ious):
         """(B, M, N) IoU -> (B, N) index of the matched ground truth, or -1."""
-        if self._num_gt is not None:
+        if self._num_gt is not None and self._num_gt <= _RUNNING_MAX_ROWS:
             best_iou, best_gt = _best_over_rows(F, ious, self._num_gt)      # (B, N) each
         else:
             per_anchor = F.transpose(ious, axes=(0, 2, 1))                  # (B, N, M)
@@ -260,6 +268,27 @@ class SSDTargetGenerator(gluon.HybridBlock):
         # Never keep a pair that does not overlap (padding rows, degenerate ground truth).
         overlaps = F.pick(ious, F.relu(matches), axis=1) > 0
         return F.where(overlaps * (matches >= 0), matches, none)
+
+
+# The reduced bipartite problem (K = min(M, N) candidates per ground truth) sorts a (B, M*K, M)
+# matrix, O(M**3) per image; the full one a (B, N, M) matrix, O(N*M). The reduced one is used
+# while it is not much bigger: M*M <= N * 5/4 (measured crossover, TinySSD 256 px: M ~ 80 for
+# N = 5444) when the anchor count N is known (called with NDArrays), else (traced inside a
+# bigger graph) M <= _REDUCED_MAX_OBJECTS, which suits N ~ 3,000-25,000 (the zoo's models).
+_REDUCED_MAX_OBJECTS = 64
+# Label paddings M up to this take the per-anchor best ground truth as a running maximum over
+# the M rows (3 small (B, N) ops per row, unrolled into the graph: 3*M graph nodes and buffers);
+# above it as two global poolings over the (B, N, M) matrix (a constant number of ops).
+_RUNNING_MAX_ROWS = 32
+
+
+def _candidates(num_gt, num_anchors=None):
+    """Candidates per ground truth K of the reduced bipartite step, or None (full matrix)."""
+    if num_gt is None:
+        return None
+    if num_anchors is None:
+        return num_gt if num_gt <= _REDUCED_MAX_OBJECTS else None
+    return min(num_gt, num_anchors) if num_gt * num_gt * 4 <= num_anchors * 5 else None
 
 
 # MXNet's generic reductions (max/argmax/sum over an axis) are an order of magnitude slower on

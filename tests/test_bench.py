@@ -43,6 +43,8 @@ def test_quick_suite_writes_every_entry(tmp_path):
     assert flops['attainable_gflops'] > 0 and all(v > 0 for v in flops['gflops'].values())
     for impl, m in entries['memory']['workloads']['target_b32'].items():
         assert m['peak_rss_mb'] >= m['rss_before_mb'] > 0, impl
+    for row in entries['objects']['points'].values():   # training vs objects per image
+        assert row['ours']['images_per_s'] > 0 and row['ours']['peak_rss_mb'] > 0
     prof = entries['profile']['kinds']['train_tiny']['ours']
     assert prof['wall_ms_per_step'] > 0 and prof['top_ops']
     text = md.read_text()

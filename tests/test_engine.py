@@ -266,3 +266,14 @@ def test_coco_run_builds_the_coco_anchors(tmp_path):
     first = anchors[0, 0].asnumpy()            # (cx, cy, w, h) of the first anchor, pixels
     assert first[2] == pytest.approx(21) and anchor_sizes(get_preset(
         'ssd_300_vgg16_atrous_coco'))[0][0] == 21
+
+
+def test_too_small_max_objects_is_refused_before_training(tiny_setup):
+    """Bug: too small a --max-objects crashed in whichever later epoch drew a crowded image."""
+    from dataclasses import replace
+    most = engine.label_rows(tiny_setup['cfg'], tiny_setup['train_ds'])
+    assert most >= 2
+    cfg = replace(tiny_setup['cfg'], max_objects=most - 1)
+    with pytest.raises(UserError, match=f'--max-objects {most - 1}: a training image has {most}'):
+        engine.label_rows(cfg, tiny_setup['train_ds'])
+    assert engine.label_rows(replace(cfg, max_objects=most + 5), tiny_setup['train_ds']) == most + 5

@@ -192,3 +192,36 @@ def test_traced_with_max_objects_equals_direct_call(ssd300_anchors):
     direct = SSDTargetGenerator()(ssd300_anchors, cls_preds, gt_boxes, gt_ids)
     for a, b in zip(traced, direct):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+@pytest.mark.parametrize('max_boxes', [33, 50, 120, 300])
+def test_many_objects_equal_gluoncv(small_anchors, max_boxes):
+    """Crowded images (issue 13): M = 33..300 label rows, past the running-maximum threshold and
+    on both sides of the reduced-bipartite one (M = 50 is reduced when traced, full when called
+    directly), with integer-aligned boxes (IoU ties), duplicates, padding
+    rows and one all-padding image; also traced with ``max_objects`` inside a bigger graph."""
+    rng = np.random.RandomState(max_boxes)
+    gt_boxes, gt_ids = random_batch(rng, batch=3, max_boxes=max_boxes)
+    # more exact duplicates (ties between ground truths for the same anchors)
+    boxes, ids = gt_boxes.asnumpy(), gt_ids.asnumpy()
+    n = int((ids[0, :, 0] >= 0).sum())
+    if n >= 4:
+        boxes[0, 1:n // 2] = boxes[0, 0]
+    gt_boxes, gt_ids = mx.nd.array(boxes), mx.nd.array(ids)
+    ours, ref = run_both(small_anchors, gt_boxes, gt_ids)
+    assert_same(ours, ref, rows=slice(0, 2))
+    assert (ours[0][2] == 0).all() and (ours[2][2] == 0).all()
+
+    class Outer(mx.gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.target = SSDTargetGenerator(max_objects=max_boxes)
+
+        def hybrid_forward(self, F, anchors, cls_preds, gt_boxes, gt_ids):
+            return self.target(anchors, cls_preds, gt_boxes, gt_ids)
+
+    outer = Outer()
+    outer.hybridize(static_alloc=True, static_shape=True)
+    traced = outer(small_anchors, mx.nd.zeros((3, small_anchors.shape[1], 21)), gt_boxes, gt_ids)
+    for a, b in zip(traced, ours):
+        np.testing.assert_array_equal(a.asnumpy(), b)
