@@ -23,7 +23,8 @@ import time
 import pytest
 
 from gluon_ssd import launch
-from test_launch import PY, REPO, TOY, _child_env, _groups_alive, _run_launcher
+from test_launch import (PY, REPO, TOY, _child_env, _groups_alive, _run_launcher,
+                         kill_launch_groups)
 
 STARTED = re.compile(r'^\[launch\] started \S+ pid=(\d+)$', re.M)
 
@@ -228,14 +229,7 @@ def _start_launcher(tmp_path, command, extra=()):
 
 
 def _cleanup(proc, pids, watchdog):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    kill_launch_groups(proc, pids)
     if watchdog and _pids_alive([watchdog]):
         os.kill(watchdog, signal.SIGKILL)
 

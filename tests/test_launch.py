@@ -322,6 +322,18 @@ def test_timeout_stops_everything(tmp_path):
 
 
 @pytest.mark.slow
+def kill_launch_groups(proc, pids):
+    """Test clean-up: SIGKILL the launcher's process group and those of its children."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def test_sigterm_to_launcher_stops_everything(tmp_path):
     log = tmp_path / 'launch.log'
     argv = [PY, '-m', 'gluon_ssd.launch', '-n', '2', '-s', '1', '--grace', '2', '--',
@@ -342,11 +354,4 @@ def test_sigterm_to_launcher_stops_everything(tmp_path):
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
         assert not _groups_alive(set(pids)), log.read_text()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_launch_groups(proc, pids)
