@@ -31,7 +31,8 @@ from mxnet import autograd, gluon
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import rundir
 from gluon_ssd.data import ImageDecodeError
-from gluon_ssd.data.build import max_objects_of, open_datasets, train_loader
+from gluon_ssd.data.build import (DATA_COUNT_KEYS, LoadProblems, max_objects_of, open_datasets,
+                                  train_loader)
 from gluon_ssd.devices import make_contexts
 from gluon_ssd.distributed import (create_kvstore, global_batch_size, is_distributed,
                                    worker_info)
@@ -39,7 +40,7 @@ from gluon_ssd.errors import EXIT_DIVERGED, UserError
 from gluon_ssd.evaluate import Evaluator
 from gluon_ssd.loss import SSDMultiBoxLoss
 from gluon_ssd.model.io import (RUN_META, find_meta, finite_detections, input_transform,
-                                load_model, make_meta, save_meta)
+                                load_model, load_params, make_meta, save_meta)
 from gluon_ssd.model.zoo import get_model, model_name
 from gluon_ssd.precision import PrecisionMixin
 from gluon_ssd.rundir import LOG
@@ -177,9 +178,10 @@ def label_rows(cfg, train_ds):
     """Fixed label padding ``M`` of the training batches: ``--max-objects`` or the dataset's
     most objects per image. A ``--max-objects`` below what the dataset holds is an error now,
     naming the flag, rather than in whichever later epoch first draws that image."""
-    most = max_objects_of(train_ds) if (not cfg.max_objects or hasattr(train_ds, 'label')) \
-        else None
-    if cfg.max_objects and most is not None and most > cfg.max_objects:
+    if cfg.max_objects and not hasattr(train_ds, 'label'):
+        return cfg.max_objects       # labels cannot be listed cheaply (RecordIO): trust the flag
+    most = max_objects_of(train_ds)
+    if cfg.max_objects and most > cfg.max_objects:
         raise UserError(f"--max-objects {cfg.max_objects}: a training image has {most} objects; "
                         f"use --max-objects {most} or more (or 0: the dataset's most)")
     return cfg.max_objects or most
@@ -382,14 +384,9 @@ class Run:
 
     def _restore(self):
         state = self.resume_state
-        try:
-            self.net.load_parameters(state['params'], ctx=self.ctx)
-        except (AssertionError, mx.base.MXNetError, ValueError, KeyError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UserError(f"--resume {state['params']}: its weights do not fit "
-                            f"{run_model_name(self.cfg)} with {len(self.classes)} classes "
-                            f"({first}); --resume continues the same run: to start from "
-                            "another detector use --pretrained") from None
+        load_params(self.net, state['params'], self.ctx, self.meta['model'], '--resume',
+                    '; --resume continues the same run: to start from another detector use '
+                    '--pretrained')
         if state.get('states'):
             self.trainer.load_states(state['states'])
         self.start_epoch = int(state['epoch'])
@@ -411,7 +408,6 @@ class Run:
         acc = [mx.nd.zeros((3,), ctx=self.ctx[0])]   # sum of loss, cls, box over the epoch
         bar = _progress(num_batches, epoch, cfg.no_progress or not self.is_chief)
         tic = time.time()
-        from gluon_ssd.data.build import LoadProblems  # pylint: disable=import-outside-toplevel
         problems = LoadProblems(strict=cfg.strict_data)   # skipped/repaired images (any worker)
         for i, batch in enumerate(self.train_loader):
             problems.add(batch)
@@ -471,7 +467,7 @@ class Run:
         if self.is_chief and ((epoch + 1) % cfg.val_interval == 0 or last):
             summaries = self.evaluator(self.net, self.ctx, strict=cfg.strict_data)
             record['map'] = summaries['voc07']['map']
-            record.update({'val_' + k: summaries['voc07'].get(k, 0) for k in _DATA_KEYS[:2]})
+            record.update({'val_' + k: summaries['voc07'].get(k, 0) for k in DATA_COUNT_KEYS})
             if 'coco' in summaries:
                 record['coco_ap'] = summaries['coco']['map']
         LOG.info('[epoch %d] lr %.5f loss %.4f (cls %.4f, box %.4f) %.1f img/s%s%s%s', epoch,
@@ -538,8 +534,9 @@ def _fmt_metric(label, value):
     return f'{label} {value:.4f}' if value is not None else ''
 
 
-# epoch-record counts of images skipped / repaired (gluon_ssd.data.build.LoadProblems)
-_DATA_KEYS = ('skipped_images', 'repaired_images', 'val_skipped_images', 'val_repaired_images')
+# epoch-record counts of images skipped / repaired (gluon_ssd.data.build.LoadProblems), in
+# training and in validation
+_DATA_KEYS = DATA_COUNT_KEYS + tuple('val_' + k for k in DATA_COUNT_KEYS)
 
 
 def _fmt_data(record):

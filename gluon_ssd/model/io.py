@@ -16,7 +16,7 @@ import numpy as np
 from gluon_ssd.errors import UserError
 
 __all__ = ['RUN_META', 'make_meta', 'save_meta', 'read_json', 'read_meta', 'find_meta',
-           'resolve_source', 'is_zoo_detector', 'load_model', 'input_transform',
+           'resolve_source', 'is_zoo_detector', 'load_model', 'load_params', 'input_transform',
            'map_boxes_to_original', 'finite_detections']
 
 RUN_META = 'model.json'          # in a run directory: describes every .params file there
@@ -203,7 +203,7 @@ def load_model(params=None, run_dir=None, network=None, data_shape=None, classes
         meta = _meta_with_flags(make_meta(pretrained, net.classes, decoder or 'per_class'),
                                 pretrained, network, data_shape, classes, decoder)
         if classes:
-            net.reset_class(meta['classes'], reuse_weights=dict(enumerate(range(len(classes)))))
+            net.reset_class(meta['classes'], reuse_weights={i: i for i in range(len(classes))})
         net.collect_params().reset_ctx(ctx)
         params = pretrained
     else:
@@ -211,18 +211,25 @@ def load_model(params=None, run_dir=None, network=None, data_shape=None, classes
         meta = _meta_with_flags(meta, params, network, data_shape, classes, decoder)
         net = get_model(meta['model'], classes=meta['classes'], decoder=meta['decoder'],
                         **settings)
-        try:
-            net.load_parameters(params, ctx=ctx)
-        except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            first = first.split(', which contains')[0][:200]
-            raise UserError(f"--params {params}: its weights do not fit {meta['model']} with "
-                            f"{len(meta['classes'])} classes ({first})") from None
+        load_params(net, params, ctx, meta['model'])
     if amp:
         net.set_precision('bfloat16')
     if hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
     return net, dict(meta, params=params)
+
+
+def load_params(net, path, ctx, model, flag='--params', hint=''):
+    """``net.load_parameters(path, ctx)``; weights that do not fit ``net`` (zoo preset
+    ``model``) are one :class:`UserError` naming ``flag`` and the file (``hint`` appended)."""
+    import mxnet as mx
+    try:
+        net.load_parameters(path, ctx=ctx)
+    except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(', which contains')[0][:200]
+        raise UserError(f"{flag} {path}: its weights do not fit {model} with "
+                        f"{len(net.classes)} classes ({first}){hint}") from None
 
 
 def _check_amp(ctx, hybridize):
