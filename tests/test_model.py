@@ -127,6 +127,7 @@ def test_pretrained_base_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=re.escape(str(tmp_path / 'models'))) as err:
         resolve_pretrained(True, 'vgg16_atrous')
     assert 'pretrained_base=False' in str(err.value) and '\n' not in str(err.value)
+    assert '--no-pretrained-base' in str(err.value)     # the CLI's way out too
     assert not (tmp_path / 'models').exists() or not list((tmp_path / 'models').iterdir())
     with pytest.raises((FileNotFoundError, UserError), match='no such|not found'):
         resolve_pretrained(str(tmp_path / 'missing.params'), 'vgg16_atrous')

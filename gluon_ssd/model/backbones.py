@@ -152,7 +152,7 @@ def resolve_pretrained(pretrained_base, store_name, root=None):
         return path
     if pretrained_base is True:
         from gluon_ssd.model import store
-        return store.get_weights(store_name, root, skip_hint='pretrained_base=False')
+        return store.get_weights(store_name, root, skip_hint='pretrained_base=False (train_ssd.py: --no-pretrained-base)')
     raise ValueError("pretrained_base must be False, True or a path to a .params file, "
                      f"got {pretrained_base!r}")
 

@@ -155,6 +155,10 @@ def list_models():
     return sorted(PRESETS)
 
 
+#: How to do without a trained detector's download, for the offline error: Python and CLI words.
+_DETECTOR_SKIP = "pretrained=False (command line: --run-dir/--params instead of --pretrained)"
+
+
 def get_model_list():
     """GluonCV's name for :func:`list_models` (every name :func:`get_model` accepts)."""
     return list_models()
@@ -294,9 +298,9 @@ def _pretrained_path(name, pretrained, root):
             raise UserError(f"pretrained=True: GluonCV's model store has no trained weights for "
                             f"{name} (it has {', '.join(have)}); pass pretrained='/path/to/"
                             "file.params' or pretrained=False")
-        return store.get_weights(name, root, skip_hint='pretrained=False')
+        return store.get_weights(name, root, skip_hint=_DETECTOR_SKIP)
     if isinstance(pretrained, (str, os.PathLike)):
-        return store.get_weights(pretrained, root, skip_hint='pretrained=False')
+        return store.get_weights(pretrained, root, skip_hint=_DETECTOR_SKIP)
     raise ValueError("pretrained must be False, True or a path to a .params file, "
                      f"got {pretrained!r}")
 
