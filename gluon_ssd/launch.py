@@ -510,16 +510,19 @@ class Job:
             child.sample(stats.get(child.pid, {}), now)
         stopped = sorted((c for c in running if c.stopped_since is not None),
                          key=lambda c: c.stopped_since)
-        if stopped and now - stopped[0].stopped_since >= limit:
-            return ('%s is stopped (SIGSTOP or a debugger) for %.0f s (--stall-timeout %g)'
-                    % (stopped[0].describe(), now - stopped[0].stopped_since, limit))
         active = [w for w in workers if w.poll() is None]
         for worker in workers:
             if worker not in active and worker.finished_at is None:
                 worker.finished_at = worker.last_progress = now  # a worker ending is progress
         latest = max(w.last_progress for w in workers)
-        if active and now - latest >= limit:
-            culprit = stopped[0] if stopped else min(active, key=lambda w: w.last_progress)
+        no_progress = active and now - latest >= limit
+        # A stopped process is the precise reason, whichever limit is reached first: its peers
+        # stop making progress as soon as they wait for it, a little before it is seen stopped.
+        if stopped and (no_progress or now - stopped[0].stopped_since >= limit):
+            return ('%s is stopped (SIGSTOP or a debugger) for %.0f s (--stall-timeout %g)'
+                    % (stopped[0].describe(), now - stopped[0].stopped_since, limit))
+        if no_progress:
+            culprit = min(active, key=lambda w: w.last_progress)
             return ('no worker made progress (CPU time, output, heartbeat) for %.0f s '
                     '(--stall-timeout %g); %s stalled first'
                     % (now - latest, limit, culprit.describe()))
