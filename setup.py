@@ -31,6 +31,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        # ONNX export, ONNX Runtime / OpenVINO backends, NNCF INT8 (pins: requirements/)
+        "deploy": ["onnx>=1.13,<1.14", "protobuf>=3.20,<3.21", "onnxruntime>=1.16",
+                   "openvino>=2024.0", "nncf>=2.12"],
     },
     classifiers=[
         "Programming Language :: Python :: 3.10",
