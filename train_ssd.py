@@ -117,7 +117,8 @@ def main(argv=None):
 
 
 def _main(argv, run):
-    from gluon_ssd.errors import UserError, fail
+    from gluon_ssd.errors import UserError, fail, one_line_warnings
+    one_line_warnings(PROG)
     try:
         from gluon_ssd.config import parse_config
         cfg = run['cfg'] = parse_config(argv)

@@ -25,14 +25,20 @@ def add_model_args(parser):
                         '(required for a bare .params file; otherwise renames the classes)')
     a('--decoder', choices=('per_class', 'argmax'),
       help="detection decoding (default: the model's, per_class)")
-    a('--nms-thresh', type=float, default=0.45, help='NMS IoU threshold (default 0.45)')
-    a('--nms-topk', type=int, default=400, help='candidates per image before NMS (default 400)')
-    a('--post-nms', type=int, default=100, help='detections kept per image (default 100)')
-    a('--gpus', default='', help='GPU ids, e.g. "0,1"; empty (default) runs on CPU')
+    a('--nms-thresh', type=float, help='NMS IoU threshold (default 0.45; an exported model '
+                                        'has its own)')
+    a('--nms-topk', type=int, help='candidates per image before NMS (default 400)')
+    a('--post-nms', type=int, help='detections kept per image (default 100)')
+    a('--backend', choices=('mxnet', 'onnxruntime', 'openvino'),
+      help='runtime: mxnet (default for .params weights), onnxruntime (default for .onnx) or '
+           'openvino (default for .xml); MXNet weights are exported to ONNX in memory for the '
+           'other two (needs pip install gluon-ssd[deploy])')
+    a('--gpus', default='', help='GPU ids, e.g. "0,1"; empty (default) runs on CPU (with '
+                                 '--backend onnxruntime: the CUDA provider of onnxruntime-gpu)')
     a('--amp', action='store_true',
-      help='bfloat16 mixed precision on CPU (gluon_ssd.precision; faster convolutions only on '
-           'CPUs with fast bfloat16 kernels, scores within ~1e-2 of float32); exported graphs '
-           'are always float32')
+      help='bfloat16 mixed precision on CPU where a short probe (cached per machine) measures '
+           'it faster than float32, else float32 and one line (GLUON_SSD_BF16=on|off '
+           'overrides); scores within ~1e-2 of float32; exported graphs are always float32')
 
 
 def parse_classes(text):
@@ -66,13 +72,22 @@ def model_from_args(args, default_classes=None):
     stand in for ``--classes`` when it is not given."""
     from gluon_ssd.model.io import load_model
     for flag, value in (('--nms-topk', args.nms_topk), ('--post-nms', args.post_nms)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag}: must be positive, got {value}")
-    if not 0 < args.nms_thresh <= 1:
+    if args.nms_thresh is not None and not 0 < args.nms_thresh <= 1:
         raise UserError(f"--nms-thresh: must be in (0, 1], got {args.nms_thresh}")
-    return load_model(params=args.params, run_dir=args.run_dir, network=args.network,
-                      data_shape=args.data_shape,
-                      classes=parse_classes(args.classes) or default_classes,
-                      decoder=args.decoder, nms_thresh=args.nms_thresh, nms_topk=args.nms_topk,
-                      post_nms=args.post_nms, ctx=contexts_from_args(args),
-                      amp=getattr(args, 'amp', False), pretrained=args.pretrained)
+    backend = getattr(args, 'backend', None)
+    ctx = contexts_from_args(args)
+    net, meta = load_model(params=args.params, run_dir=args.run_dir, network=args.network,
+                           data_shape=args.data_shape,
+                           classes=parse_classes(args.classes) or default_classes,
+                           decoder=args.decoder, nms_thresh=args.nms_thresh,
+                           nms_topk=args.nms_topk, post_nms=args.post_nms, ctx=ctx,
+                           amp=getattr(args, 'amp', False), pretrained=args.pretrained,
+                           backend=backend if backend == 'mxnet' else None)
+    if backend not in (None, 'mxnet') and meta.get('backend') != backend:
+        if meta.get('artifact'):
+            raise UserError(f"--backend {backend}: {meta['params']} runs in {meta['backend']}")
+        from gluon_ssd.deploy.convert import to_backend
+        net, meta = to_backend(net, meta, backend, ctx)
+    return net, meta

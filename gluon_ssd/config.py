@@ -25,7 +25,7 @@ from gluon_ssd.devices import parse_gpus
 from gluon_ssd.errors import UserError
 from gluon_ssd.model.io import find_meta, is_zoo_detector, make_meta
 from gluon_ssd.model.zoo import NETWORKS, model_name
-from gluon_ssd.precision import check_bf16_support
+from gluon_ssd.precision import resolve_amp
 from gluon_ssd.rundir import read_config, resume_source
 
 __all__ = ['TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'RESUME_MUTABLE', 'build_parser',
@@ -197,8 +197,9 @@ def build_parser():
     a('--seed', type=int, help='random seed (default 233)')
     a('--amp', action='store_true',
       help='mixed precision: float16 with loss scaling on GPUs (mxnet.contrib.amp), bfloat16 '
-           'convolutions with float32 weights on CPUs (gluon_ssd.precision; fast on CPUs with '
-           'AVX512-BF16 or AMX, emulated on other AVX-512 CPUs, refused without AVX-512)')
+           'convolutions with float32 weights on CPUs (gluon_ssd.precision) where a short probe, '
+           'cached per machine, measures it faster than float32 (else float32 and one line; '
+           'GLUON_SSD_BF16=on|off overrides); refused without AVX-512')
     a('--kvstore', default='device', help='device | local | dist_sync | dist_device_sync')
     a('--horovod', action='store_true', help='distributed training with Horovod')
     a('--out-dir', help='run directory (default runs/<network>_<dataset>_<timestamp>); a new '
@@ -398,7 +399,8 @@ def validate(cfg):
         raise UserError(f"--batch-size {cfg.batch_size} is smaller than the number of devices "
                         f"({num_devices}); every device needs at least one image")
     if cfg.amp_dtype == 'bfloat16':
-        check_bf16_support('--amp')
+        if not resolve_amp('--amp'):      # measured slower here: float32, said in one line
+            cfg.amp = False
     if cfg.kvstore not in ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async',
                            'nccl'):
         raise UserError(f"--kvstore: unknown kvstore {cfg.kvstore!r}")

@@ -5,8 +5,9 @@ its message is one line naming the flag or file, and it carries the tool's exit 
 catches it at the top with :func:`fail`, so a user error never ends in a traceback.
 """
 import sys
+import warnings
 
-__all__ = ['UserError', 'EXIT_USAGE', 'EXIT_DIVERGED', 'fail']
+__all__ = ['UserError', 'EXIT_USAGE', 'EXIT_DIVERGED', 'fail', 'one_line_warnings']
 
 EXIT_USAGE = 2       # bad flags, files or data: nothing was trained or written
 EXIT_DIVERGED = 3    # the loss became NaN/inf: the last good checkpoint is kept
@@ -31,3 +32,17 @@ def fail(prog, exc):
     message = ' '.join(str(exc).split('\n')).strip() or type(exc).__name__
     sys.stderr.write(f"{prog}: error: {message}\n")
     return getattr(exc, 'exit_code', EXIT_USAGE)
+
+
+def one_line_warnings(prog):
+    """Show gluon-ssd's own warnings (categories defined in the package, e.g. ``DatasetWarning``,
+    ``AmpWarning``) as ``prog: warning: <message>``, one line without Python's source excerpt;
+    other warnings keep Python's format. Command-line tools call it once at start."""
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if category.__module__.startswith('gluon_ssd'):
+            return f"{prog}: warning: {' '.join(str(message).split())}\n"
+        return default(message, category, filename, lineno, line)
+    if getattr(warnings.formatwarning, '__qualname__', '') != fmt.__qualname__:
+        warnings.formatwarning = fmt

@@ -32,3 +32,19 @@ def _seed():
     random.seed(0)
     np.random.seed(0)
     mx.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """The bfloat16 speed probe's cache (gluon_ssd.precision) goes to a per-session temporary
+    folder, never the user's ~/.cache; measured once per test session."""
+    monkeypatch.setenv("GLUON_SSD_CACHE", str(_session_cache(tmp_path_factory)))
+
+
+_CACHE = {}
+
+
+def _session_cache(factory):
+    if "dir" not in _CACHE:
+        _CACHE["dir"] = factory.mktemp("gluon_ssd_cache")
+    return _CACHE["dir"]

@@ -1,6 +1,7 @@
 """bfloat16 mixed precision (gluon_ssd.precision): graph rewrite, inference and training
 closeness to float32, and the ``--amp`` CPU run."""
 import json
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -10,7 +11,9 @@ from mxnet import autograd, gluon
 from gluon_ssd import engine
 from gluon_ssd.loss import MultiBoxLossTerms, SSDMultiBoxLoss
 from gluon_ssd.model.zoo import get_model
-from gluon_ssd.precision import cpu_bf16_support, to_bfloat16
+from gluon_ssd import precision
+from gluon_ssd.errors import UserError
+from gluon_ssd.precision import AmpWarning, bf16_speedup, cpu_bf16_support, resolve_amp, to_bfloat16
 from gluon_ssd.target import SSDTargetGenerator
 
 CLASSES = ['a', 'b', 'c']
@@ -190,10 +193,13 @@ def test_cpu_bf16_support_from_flags(flags, support, tmp_path):
     assert cpu_bf16_support(str(tmp_path / 'missing')) is None
 
 
-def test_amp_without_avx512_is_a_configuration_error(monkeypatch):
+def test_amp_without_avx512_is_a_configuration_error(monkeypatch, tmp_path):
     from gluon_ssd import precision
     from gluon_ssd.config import parse_config
     from gluon_ssd.errors import UserError
+    # forced on: no probe, whether parse_config calls check_bf16_support or resolve_amp
+    monkeypatch.setenv('GLUON_SSD_BF16', 'on')
+    monkeypatch.setenv('GLUON_SSD_CACHE', str(tmp_path))
     monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: None)
     with pytest.raises(UserError, match='AVX-512'):
         parse_config(['--amp', '--out-dir', 'unused'])
@@ -209,3 +215,200 @@ def test_first_layer_can_be_cast_too():
     cast = [n['op'] for n in _nodes(to_bfloat16(out, first_layer_float32=False))]
     assert kept.count('amp_cast') == 0
     assert cast.count('amp_cast') == 3  # data, weight, output back to float32
+
+
+# ----------------------------------------------------------------------------------------------
+# --amp on CPU decided by a cached measurement (bf16_speedup, resolve_amp)
+
+@pytest.fixture
+def probe(monkeypatch, tmp_path):
+    """A stubbed probe: a native-bfloat16 'Intel Xeon Test' CPU whose timings are
+    ``probe.times`` (float32 s, bfloat16 s); ``probe.calls`` counts measurements. The cache
+    lives in ``tmp_path``."""
+    class Stub:
+        times = (0.05, 0.1)
+        calls = 0
+        cache = tmp_path / 'bf16_probe.json'
+
+        def measure(self):
+            self.calls += 1
+            return self.times
+    stub = Stub()
+    monkeypatch.setenv('GLUON_SSD_CACHE', str(tmp_path))
+    monkeypatch.delenv('GLUON_SSD_BF16', raising=False)
+    monkeypatch.setattr(precision, '_measure', stub.measure)
+    monkeypatch.setattr(precision, '_cpu_identity',
+                        lambda: ('Intel Xeon Test', ['avx512_bf16', 'avx512bw', 'avx512f']))
+    monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: 'native')
+    return stub
+
+
+def test_probe_result_and_cache_hit(probe):
+    first = bf16_speedup()
+    assert probe.calls == 1
+    assert first['speedup'] == pytest.approx(0.5)
+    assert first['cpu'] == 'Intel Xeon Test'
+    assert first['flags'] == ['avx512_bf16', 'avx512bw', 'avx512f']
+    assert first['mxnet'] == mx.__version__
+    assert first['measured'].startswith('20')  # ISO 8601
+    assert (first['float32_ms'], first['bfloat16_ms']) == (50.0, 100.0)
+    assert bf16_speedup() == first            # second call: from the cache, not measured
+    assert probe.calls == 1
+    entries = json.loads(probe.cache.read_text())['entries']
+    assert list(entries.values()) == [first]
+    assert [p.name for p in probe.cache.parent.iterdir()] == ['bf16_probe.json']  # no temp file
+    probe.times = (0.2, 0.1)
+    assert bf16_speedup(refresh=True)['speedup'] == pytest.approx(2.0)
+    assert probe.calls == 2
+    assert bf16_speedup()['speedup'] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize('content', [
+    '{"entries": {"Intel', '', 'null', '[1, 2]', '{"entries": []}',
+    '{"entries": {"Intel Xeon Test | avx512_bf16 avx512bw avx512f | mxnet %s": {"speedup": -1, '
+    '"cpu": "x", "flags": [], "mxnet": "x", "measured": "x"}}}' % mx.__version__,
+])
+def test_unreadable_cache_is_measured_again(probe, content):
+    probe.cache.write_text(content)
+    assert bf16_speedup()['speedup'] == pytest.approx(0.5)
+    assert probe.calls == 1
+    assert len(json.loads(probe.cache.read_text())['entries']) == 1  # rewritten, valid
+
+
+def test_cache_key_is_cpu_flags_and_mxnet_version(probe, monkeypatch):
+    monkeypatch.setattr(mx, '__version__', '1.9.1')
+    bf16_speedup()
+    monkeypatch.setattr(precision, '_cpu_identity', lambda: ('AMD EPYC Test', ['avx512_bf16']))
+    probe.times = (0.17, 0.1)
+    assert bf16_speedup()['speedup'] == pytest.approx(1.7)
+    monkeypatch.setattr(mx, '__version__', '9.9.9')
+    assert bf16_speedup()['mxnet'] == '9.9.9'
+    assert probe.calls == 3
+    keys = sorted(json.loads(probe.cache.read_text())['entries'])
+    assert keys == ['AMD EPYC Test | avx512_bf16 | mxnet 1.9.1',
+                    'AMD EPYC Test | avx512_bf16 | mxnet 9.9.9',
+                    'Intel Xeon Test | avx512_bf16 avx512bw avx512f | mxnet 1.9.1']
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.delenv('GLUON_SSD_CACHE', raising=False)
+    monkeypatch.delenv('MXNET_HOME', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert precision._cache_path() == str(tmp_path / '.cache' / 'gluon_ssd' / 'bf16_probe.json')
+    monkeypatch.setenv('MXNET_HOME', str(tmp_path / 'mx'))
+    assert precision._cache_path() == str(tmp_path / 'mx' / 'bf16_probe.json')
+    monkeypatch.setenv('GLUON_SSD_CACHE', str(tmp_path / 'c'))
+    assert precision._cache_path() == str(tmp_path / 'c' / 'bf16_probe.json')
+
+
+def test_unwritable_cache_only_costs_a_new_probe(probe, monkeypatch, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    monkeypatch.setenv('GLUON_SSD_CACHE', str(blocker / 'sub'))  # cannot be a folder
+    assert bf16_speedup()['speedup'] == pytest.approx(0.5)
+    assert bf16_speedup()['speedup'] == pytest.approx(0.5)
+    assert probe.calls == 2
+
+
+def test_cpu_identity_reads_model_name_and_bf16_flags(tmp_path):
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Test\n'
+                    'flags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 sse\n'
+                    'processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n')
+    assert precision._cpu_identity(str(info)) == ('Intel(R) Xeon(R) Test',
+                                                  ['avx512_bf16', 'avx512bw', 'avx512f'])
+    assert precision._cpu_identity(str(tmp_path / 'missing')) == ('unknown', [])
+
+
+def _no_amp_warnings(func):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        result = func()
+    assert not [w for w in caught if issubclass(w.category, AmpWarning)]
+    return result
+
+
+def test_slow_bfloat16_runs_float32_and_says_so_in_one_line(probe):
+    probe.times = (0.052, 0.1)
+    with pytest.warns(AmpWarning) as record:
+        assert resolve_amp('--amp') is False
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        '--amp: bfloat16 measured 0.52x float32 speed on this CPU (Intel Xeon Test); '
+        'running float32 (set GLUON_SSD_BF16=on to force)')
+    assert record[0].filename == __file__  # points at the caller
+
+
+def test_fast_bfloat16_is_used_silently(probe):
+    probe.times = (0.17, 0.1)
+    assert _no_amp_warnings(resolve_amp) is True
+    assert _no_amp_warnings(resolve_amp) is True
+    assert probe.calls == 1  # once per machine
+
+
+@pytest.mark.parametrize('times, use', [((0.105, 0.1), False), ((0.106, 0.1), True)])
+def test_decision_margin(probe, times, use):
+    probe.times = times
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', AmpWarning)
+        assert resolve_amp() is use
+    assert precision.MIN_BF16_SPEEDUP == 1.05
+
+
+def test_overrides_skip_the_probe(probe, monkeypatch):
+    monkeypatch.setenv('GLUON_SSD_BF16', 'on')
+    assert _no_amp_warnings(resolve_amp) is True
+    monkeypatch.setenv('GLUON_SSD_BF16', 'OFF')
+    probe.times = (1.0, 0.1)   # would be 10x faster: off still wins
+    with pytest.warns(AmpWarning, match=r'^--amp: GLUON_SSD_BF16=off; running float32$'):
+        assert resolve_amp() is False
+    assert probe.calls == 0
+    monkeypatch.setenv('GLUON_SSD_BF16', 'probe')
+    assert resolve_amp() is True
+    assert probe.calls == 1
+    monkeypatch.setenv('GLUON_SSD_BF16', 'maybe')
+    with pytest.raises(UserError, match="GLUON_SSD_BF16='maybe': expected on, off or probe"):
+        resolve_amp()
+
+
+def test_cpus_without_fast_bfloat16(probe, monkeypatch):
+    monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: None)
+    for mode in ('on', 'probe'):
+        monkeypatch.setenv('GLUON_SSD_BF16', mode)
+        with pytest.raises(UserError, match='--eval-amp: bfloat16 on CPU needs AVX-512'):
+            resolve_amp('--eval-amp')
+    assert probe.calls == 0
+    monkeypatch.setattr(precision, 'cpu_bf16_support', lambda: 'emulated')
+    monkeypatch.setenv('GLUON_SSD_BF16', 'on')   # forced: today's warning, bfloat16
+    with pytest.warns(AmpWarning, match='emulates bfloat16'):
+        assert resolve_amp() is True
+    monkeypatch.setenv('GLUON_SSD_BF16', 'probe')  # measured like any other CPU
+    probe.times = (0.03, 0.1)
+    with pytest.warns(AmpWarning, match=r'0\.30x float32 speed on this CPU \(Intel Xeon Test, '
+                                        r'bfloat16 emulated\); running float32'):
+        assert resolve_amp() is False
+
+
+def test_failing_probe_runs_float32(probe, monkeypatch):
+    def broken():
+        raise mx.base.MXNetError('could not create a bfloat16 primitive\nstack trace')
+    monkeypatch.setattr(precision, '_measure', broken)
+    with pytest.warns(AmpWarning, match=r'probe failed on this CPU \(could not create a '
+                                        r'bfloat16 primitive\); running float32'):
+        assert resolve_amp() is False
+
+
+@pytest.mark.slow
+def test_real_probe_measures_both_precisions(monkeypatch, tmp_path):
+    if cpu_bf16_support() is None:
+        pytest.skip('no AVX-512: MKL-DNN has no bfloat16 convolution here')
+    monkeypatch.setenv('GLUON_SSD_CACHE', str(tmp_path))
+    monkeypatch.setattr(precision, '_PROBE_SECONDS', 0.2)
+    result = bf16_speedup()
+    assert set(result) == {'speedup', 'cpu', 'flags', 'mxnet', 'measured', 'float32_ms',
+                           'bfloat16_ms'}
+    assert result['speedup'] > 0 and result['float32_ms'] > 0 and result['bfloat16_ms'] > 0
+    assert result['speedup'] == pytest.approx(result['float32_ms'] / result['bfloat16_ms'],
+                                              rel=0.01)
+    assert 'avx512f' in result['flags'] and result['mxnet'] == mx.__version__
+    assert (tmp_path / 'bf16_probe.json').exists()
