@@ -76,18 +76,11 @@ def model_from_args(args, default_classes=None):
             raise UserError(f"{flag}: must be positive, got {value}")
     if args.nms_thresh is not None and not 0 < args.nms_thresh <= 1:
         raise UserError(f"--nms-thresh: must be in (0, 1], got {args.nms_thresh}")
-    backend = getattr(args, 'backend', None)
-    ctx = contexts_from_args(args)
     net, meta = load_model(params=args.params, run_dir=args.run_dir, network=args.network,
                            data_shape=args.data_shape,
                            classes=parse_classes(args.classes) or default_classes,
                            decoder=args.decoder, nms_thresh=args.nms_thresh,
-                           nms_topk=args.nms_topk, post_nms=args.post_nms, ctx=ctx,
+                           nms_topk=args.nms_topk, post_nms=args.post_nms, ctx=contexts_from_args(args),
                            amp=getattr(args, 'amp', False), pretrained=args.pretrained,
-                           backend=backend if backend == 'mxnet' else None)
-    if backend not in (None, 'mxnet') and meta.get('backend') != backend:
-        if meta.get('artifact'):
-            raise UserError(f"--backend {backend}: {meta['params']} runs in {meta['backend']}")
-        from gluon_ssd.deploy.convert import to_backend
-        net, meta = to_backend(net, meta, backend, ctx)
+                           backend=getattr(args, 'backend', None))
     return net, meta

@@ -21,7 +21,7 @@ import time
 
 from gluon_ssd.cli import add_model_args, contexts_from_args, model_from_args
 from gluon_ssd.data.build import DEFAULT_SPLITS, check_dataset, open_split, Subset
-from gluon_ssd.errors import UserError, fail
+from gluon_ssd.errors import UserError, fail, one_line_warnings
 from gluon_ssd.evaluate import evaluate
 from gluon_ssd.model.io import is_zoo_detector, resolve_source
 from gluon_ssd.rundir import read_config
@@ -148,7 +148,8 @@ def run(args):
         sys.stderr.write(f"warning: {dropped} detections with NaN/infinite boxes or scores "
                          "(a diverged model?) were ignored\n")
     return {'model': meta, 'dataset': settings, 'num_images': len(dataset),
-            'nms_thresh': args.nms_thresh, 'seconds': round(time.time() - tic, 3),
+            'nms_thresh': meta.get('nms_thresh', getattr(net, 'nms_thresh', None)),
+            'backend': meta.get('backend', 'mxnet'), 'seconds': round(time.time() - tic, 3),
             'map': {k: v['map'] for k, v in results.items()}, 'metrics': results}
 
 
@@ -156,6 +157,7 @@ def main(argv=None):
     """Parse flags, evaluate, print JSON (stdout) and the AP table (stderr). Returns the exit
     code."""
     args = build_parser().parse_args(argv)
+    one_line_warnings(PROG)
     try:
         result = run(args)
         text = json.dumps(result, indent=1)

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 from gluon_ssd.cli import add_model_args, contexts_from_args, model_from_args
-from gluon_ssd.errors import UserError, fail
+from gluon_ssd.errors import UserError, fail, one_line_warnings
 from gluon_ssd.model.io import finite_detections, input_transform, map_boxes_to_original
 
 __all__ = ['IMAGE_EXTENSIONS', 'image_paths', 'as_image', 'detect', 'detections_record',
@@ -170,6 +170,7 @@ def build_parser():
 def main(argv=None):
     """Parse flags, predict, print the JSON. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    one_line_warnings(PROG)
     try:
         if not 0 <= args.thresh <= 1:
             raise UserError(f"--thresh: must be in [0, 1], got {args.thresh}")

@@ -14,9 +14,9 @@ LAYERS = [
     ('errors',),
     ('anchors', 'coder', 'target', 'loss', 'precision'),
     ('model', 'data', 'metrics', 'viz', 'devices', 'distributed'),
-    ('engine', 'evaluate', 'rundir', 'checkpoint'),
+    ('engine', 'evaluate', 'rundir', 'checkpoint', 'deploy'),
     ('config',),
-    ('cli', 'predict', 'eval', 'export', 'ablation', 'launch'),
+    ('cli', 'predict', 'eval', 'export', 'quantize', 'ablation', 'launch'),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -63,7 +63,8 @@ def test_imports_go_downwards_only(name, path):
 
 
 def test_inference_does_not_import_the_training_engine():
-    code = ('import sys, gluon_ssd.predict, gluon_ssd.eval, gluon_ssd.export, gluon_ssd.model.io\n'
+    code = ('import sys, gluon_ssd.predict, gluon_ssd.eval, gluon_ssd.export, gluon_ssd.model.io, '
+            'gluon_ssd.model.runtime\n'
             'print(sorted(m for m in sys.modules if m in ("gluon_ssd.engine", "gluon_ssd.config")))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                          cwd=str(PACKAGE.parent))

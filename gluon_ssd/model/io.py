@@ -10,18 +10,25 @@ size and classes come from the meta file, or, for a bare ``.params`` file, from 
 """
 import json
 import os
+import re
 
 import numpy as np
 
 from gluon_ssd.errors import UserError
 
-__all__ = ['RUN_META', 'make_meta', 'save_meta', 'read_json', 'read_meta', 'find_meta',
+__all__ = ['RUN_META', 'BACKENDS', 'make_meta', 'exported_meta', 'artifact_stem', 'save_meta', 'read_json', 'read_meta', 'find_meta',
            'resolve_source', 'is_zoo_detector', 'load_model', 'load_params', 'input_transform',
            'map_boxes_to_original', 'finite_detections']
 
 RUN_META = 'model.json'          # in a run directory: describes every .params file there
 _FILE_META_SUFFIX = '.meta.json'  # beside one file: best.params -> best.meta.json
 _FORMAT = 'gluon-ssd-model/1'
+#: Runtimes a model can run in (``--backend``); exported files name theirs in ``meta['artifact']``.
+BACKENDS = ('mxnet', 'onnxruntime', 'openvino')
+#: What each kind of exported file runs in (the first is its default).
+ARTIFACT_BACKENDS = {'onnx': ('onnxruntime', 'openvino'), 'onnx-int8': ('onnxruntime', 'openvino'),
+                     'openvino-int8': ('openvino',), 'mxnet-int8': ('mxnet',),
+                     'mxnet-symbol': ('mxnet',)}
 
 
 def make_meta(name, classes, decoder='per_class'):
@@ -34,11 +41,44 @@ def make_meta(name, classes, decoder='per_class'):
             'mean': list(preset['mean']), 'std': list(preset['std']), 'decoder': decoder}
 
 
+def exported_meta(net, meta, artifact, rows, *, bake_preprocess=False, dynamic_batch=True):
+    """The meta file of an exported model: the model ``meta`` plus ``artifact`` (its kind, see
+    :data:`ARTIFACT_BACKENDS`), the NMS settings and decoder baked into the graph of ``net``,
+    and what a consumer needs without this package: ``input`` (name, shape, dtype, layout,
+    normalisation) and ``outputs`` (``rows`` = K detections per image). ``bake_preprocess``: the
+    input is a uint8 ``(B, S, S, 3)`` RGB image (ONNX only); ``dynamic_batch``: any ``B``."""
+    size = int(meta['data_shape'])
+    mean, std = list(meta['mean']), list(meta['std'])
+    batch = 'B' if dynamic_batch else 1
+    if bake_preprocess:
+        inp = {'name': 'image', 'shape': [batch, size, size, 3], 'dtype': 'uint8',
+               'layout': 'NHWC', 'color': 'RGB', 'resized_to': [size, size],
+               'preprocess': 'in the graph: x / 255, then (x - mean) / std, then NCHW',
+               'mean': mean, 'std': std}
+    else:
+        inp = {'name': 'data', 'shape': [batch, 3, size, size], 'dtype': 'float32',
+               'layout': 'NCHW', 'color': 'RGB', 'scale': 1.0 / 255, 'mean': mean, 'std': std}
+    meta = dict(meta)
+    # the loaded model's weight file and runtime are not this file's: keep the source by name
+    if 'params' in meta:
+        meta['source_params'] = meta.pop('params')
+    meta.pop('backend', None)
+    return dict(meta, artifact=artifact, nms_thresh=net.nms_thresh, nms_topk=net.nms_topk,
+                post_nms=net.post_nms, decoder=net.decoder, input=inp, outputs=[
+                    {'name': 'ids', 'shape': [batch, rows, 1], 'dtype': 'float32',
+                     'meaning': 'class id 0..C-1 (float), -1 = padding row'},
+                    {'name': 'scores', 'shape': [batch, rows, 1], 'dtype': 'float32',
+                     'meaning': 'confidence, rows sorted best first, -1 = padding row'},
+                    {'name': 'bboxes', 'shape': [batch, rows, 4], 'dtype': 'float32',
+                     'meaning': 'corner xmin, ymin, xmax, ymax in pixels of the S x S input, '
+                                '-1 = padding row'}])
+
+
 def _network_of(name):
     """train_ssd.py's ``--network`` of a zoo name (``ssd_300_vgg16_atrous_voc`` -> vgg16_atrous)."""
     if name.startswith('tiny_ssd'):
         return 'tiny_ssd'
-    parts = name.split('_')
+    parts = name[:-len('_int8')].split('_') if name.endswith('_int8') else name.split('_')
     return '_'.join(parts[2:-1]) if parts[0] == 'ssd' and len(parts) > 3 else name
 
 
@@ -99,14 +139,35 @@ def _legacy_run_meta(run_dir):
     return make_meta(name, cfg['classes'], cfg.get('decoder') or 'per_class')
 
 
+def artifact_stem(path):
+    """``STEM`` of an exported model file, whose meta file is ``STEM.meta.json``:
+    ``STEM.onnx``, ``STEM.xml`` (OpenVINO IR), ``STEM-symbol.json`` / ``STEM-0000.params`` (an
+    MXNet symbol export); ``None`` for any other file."""
+    for suffix in ('.onnx', '.xml', '-symbol.json'):
+        if path.endswith(suffix):
+            return path[:-len(suffix)]
+    match = re.fullmatch(r'(.+)-\d{4}\.params', path)
+    return match.group(1) if match else None
+
+
 def find_meta(params):
-    """The meta dict describing the ``.params`` file ``params``, or ``None``: its own
-    ``<stem>.meta.json``, else the run directory's ``model.json`` (or, for runs older than meta
-    files, the run's ``config.json``)."""
+    """The meta dict describing the model file ``params``, or ``None``: its own
+    ``<stem>.meta.json`` (for an exported file, :func:`artifact_stem`), else the run directory's
+    ``model.json`` (or, for runs older than meta files, the run's ``config.json``)."""
     stem = params[:-len('.params')] if params.endswith('.params') else params
-    for path in (stem + _FILE_META_SUFFIX, os.path.join(os.path.dirname(params), RUN_META)):
+    candidates = [stem + _FILE_META_SUFFIX]
+    exported = artifact_stem(params)
+    if exported is not None:
+        candidates[:0] = [exported + _FILE_META_SUFFIX, exported + '-meta.json']
+        if not params.endswith('.params'):
+            candidates = candidates[:2]       # an exported graph never belongs to a run's model.json
+    else:
+        candidates.append(os.path.join(os.path.dirname(params), RUN_META))
+    for path in candidates:
         if os.path.isfile(path):
             return read_meta(path)
+    if exported is not None and not params.endswith('.params'):
+        return None
     return _legacy_run_meta(os.path.dirname(os.path.abspath(params)))
 
 
@@ -164,14 +225,15 @@ def is_zoo_detector(spec):
     """Whether ``spec`` names a zoo detector with trained weights in GluonCV's model store
     (e.g. ``ssd_300_vgg16_atrous_voc``) rather than a file."""
     from gluon_ssd.model.store import is_store_name
-    from gluon_ssd.model.zoo import list_models
-    return isinstance(spec, str) and spec in list_models() and not os.path.exists(spec) \
-        and is_store_name(spec)
+    from gluon_ssd.model.zoo import INT8_MODELS, list_models
+    if not isinstance(spec, str) or os.path.exists(spec):
+        return False
+    return spec in INT8_MODELS or (spec in list_models() and is_store_name(spec))
 
 
 def load_model(params=None, run_dir=None, network=None, data_shape=None, classes=None,
-               decoder=None, nms_thresh=0.45, nms_topk=400, post_nms=100, ctx=None,
-               hybridize=True, amp=False, pretrained=None, **kwargs):
+               decoder=None, nms_thresh=None, nms_topk=None, post_nms=None, ctx=None,
+               hybridize=True, amp=False, pretrained=None, backend=None, **kwargs):
     """Build a trained SSD and load its weights: the one way every tool loads a model.
 
     Parameters
@@ -183,22 +245,50 @@ def load_model(params=None, run_dir=None, network=None, data_shape=None, classes
         with it); defaults tiny_ssd and the network's default size.
     classes : list of str: required without a meta file; with one, renames its classes (same
         count). decoder : ``'per_class'`` or ``'argmax'`` (default: the meta's).
+    nms_thresh, nms_topk, post_nms : the inference NMS (defaults 0.45, 400, 100); an exported
+        file has its own baked in, and a different value is an error.
     ctx : list of ``mx.Context`` (default CPU). amp : bfloat16 mixed precision (CPU only).
+    backend : ``'mxnet'``, ``'onnxruntime'`` or ``'openvino'`` (:data:`BACKENDS`): the runtime of
+        an exported file (``.onnx``: ONNX Runtime by default, or OpenVINO; ``.xml``: OpenVINO;
+        ``-symbol.json`` / ``-0000.params`` of an MXNet export or INT8 model: MXNet). ``.params``
+        weights (and zoo detectors) run in MXNet by default; with ``'onnxruntime'`` or
+        ``'openvino'`` they are exported to ONNX in memory first (needs the ``deploy`` extra).
 
     Returns ``(net, meta)``: the SSD in inference mode (hybridized with ``static_alloc``/
     ``static_shape`` unless ``hybridize=False``) taking ``(B, 3, S, S)`` images normalised with
     ``meta['mean']``/``meta['std']``; ``meta`` as :func:`make_meta` plus ``params`` (the file).
-    Raises :class:`UserError` (one line) for a missing or corrupt file or weights that do not fit.
+    An exported file gives a runtime detector instead (:mod:`gluon_ssd.model.runtime`): called
+    the same way, same outputs. Raises :class:`UserError` (one line) for a missing or corrupt file
+    or weights that do not fit.
     """
     import mxnet as mx
-    from gluon_ssd.model.zoo import get_model
+    from gluon_ssd.model.zoo import INT8_MODELS, get_model
     ctx = ctx or [mx.cpu()]
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    nms = {'nms_thresh': nms_thresh, 'nms_topk': nms_topk, 'post_nms': post_nms}
+    zoo = is_zoo_detector(pretrained)
+    if zoo and (params or run_dir):
+        raise UserError("--pretrained NAME and --params/--run-dir are alternatives; pick one")
+    if not zoo:
+        params, meta = resolve_source(run_dir, params or pretrained)
+        if meta is not None and meta.get('artifact'):
+            return _load_artifact(params, meta, backend, ctx, nms, network, data_shape, classes,
+                                  decoder, amp)
+        if artifact_stem(params) and not params.endswith('.params'):
+            raise UserError(f"--params {params}: no meta file {artifact_stem(params)}.meta.json "
+                            "beside it (gluon_ssd.export and gluon_ssd.quantize write one)")
+    if amp and backend not in (None, 'mxnet'):
+        raise UserError(f"--amp: the {backend} backend runs the float32 graph; drop --amp")
     if amp:
-        _check_amp(ctx, hybridize)
-    settings = dict(nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms, **kwargs)
-    if is_zoo_detector(pretrained):
-        if params or run_dir:
-            raise UserError("--pretrained NAME and --params/--run-dir are alternatives; pick one")
+        amp = _check_amp(ctx, hybridize)
+    settings = dict({k: v for k, v in nms.items() if v is not None}, **kwargs)
+    if zoo and pretrained in INT8_MODELS:       # GluonCV's quantized graph: fixed like a file
+        net = get_model(pretrained, pretrained=True, ctx=ctx)
+        meta = _check_baked(net.meta, pretrained, backend, nms, decoder, amp)
+        return net, dict(_meta_with_flags(meta, pretrained, network, data_shape, classes, None),
+                         params=pretrained)
+    if zoo:
         net = get_model(pretrained, pretrained=True, decoder=decoder or 'per_class', **settings)
         meta = _meta_with_flags(make_meta(pretrained, net.classes, decoder or 'per_class'),
                                 pretrained, network, data_shape, classes, decoder)
@@ -207,16 +297,62 @@ def load_model(params=None, run_dir=None, network=None, data_shape=None, classes
         net.collect_params().reset_ctx(ctx)
         params = pretrained
     else:
-        params, meta = resolve_source(run_dir, params or pretrained)
         meta = _meta_with_flags(meta, params, network, data_shape, classes, decoder)
         net = get_model(meta['model'], classes=meta['classes'], decoder=meta['decoder'],
                         **settings)
         load_params(net, params, ctx, meta['model'])
+    if backend not in (None, 'mxnet'):
+        return _in_runtime(net, dict(meta, params=params), backend, ctx)
     if amp:
         net.set_precision('bfloat16')
     if hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
-    return net, dict(meta, params=params)
+    return net, dict(meta, params=params, backend='mxnet')
+
+
+def _in_runtime(net, meta, backend, ctx):
+    """``(detector, meta)``: the SSD ``net`` exported to ONNX in memory (post-processing
+    included, :func:`gluon_ssd.model.onnx_export.onnx_model`) and opened in ``backend``."""
+    from gluon_ssd.model.onnx_export import onnx_model
+    from gluon_ssd.model.runtime import open_runtime
+    model = onnx_model(net, meta)
+    meta = dict(meta, backend=backend, nms_thresh=net.nms_thresh, nms_topk=net.nms_topk,
+                post_nms=net.post_nms)
+    return open_runtime(model, backend, ctx), meta
+
+
+def _load_artifact(path, meta, backend, ctx, nms, network, data_shape, classes, decoder, amp):
+    """``(detector, meta)`` of an exported file (``meta['artifact']`` says which kind): its
+    runtime per ``backend``; flags that contradict what is baked into the file are one line."""
+    meta = _check_baked(meta, path, backend, nms, decoder, amp)
+    meta = _meta_with_flags(meta, path, network, data_shape, classes, None)
+    from gluon_ssd.model.runtime import open_artifact
+    return open_artifact(path, meta, meta['backend'], ctx), dict(meta, params=path)
+
+
+def _check_baked(meta, path, backend, nms, decoder, amp):
+    """``meta`` plus its ``backend``, after checking that the flags agree with what an exported
+    model (``meta['artifact']``) has built in: its runtimes, precision, NMS and decoder."""
+    kind = meta['artifact']
+    allowed = ARTIFACT_BACKENDS.get(kind)
+    if allowed is None:
+        raise UserError(f"{path}: unknown exported model kind {kind!r} in its meta file")
+    backend = backend or allowed[0]
+    if backend not in allowed:
+        raise UserError(f"--backend {backend}: {path} is a {kind} model, which runs in "
+                        f"{' or '.join(allowed)}")
+    if amp:
+        raise UserError(f"--amp: {path} is an exported {kind} model; its precision is fixed")
+    for flag, value in (('--nms-thresh', nms['nms_thresh']), ('--nms-topk', nms['nms_topk']),
+                        ('--post-nms', nms['post_nms'])):
+        key = flag[2:].replace('-', '_')
+        if value is not None and key in meta and value != meta[key]:
+            raise UserError(f"{flag} {value}: {path} has {key} {meta[key]} built in; drop "
+                            f"{flag} or export again")
+    if decoder and decoder != meta.get('decoder'):
+        raise UserError(f"--decoder {decoder}: {path} has the {meta.get('decoder')} decoder "
+                        "built in; drop --decoder or export again")
+    return dict(meta, backend=backend)
 
 
 def load_params(net, path, ctx, model, flag='--params', hint=''):
@@ -237,8 +373,8 @@ def _check_amp(ctx, hybridize):
         raise UserError("--amp for inference is bfloat16 on CPU; drop --gpus or --amp")
     if not hybridize:
         raise UserError("--amp works on hybridized graphs; load with hybridize=True")
-    from gluon_ssd.precision import check_bf16_support
-    check_bf16_support('--amp')
+    from gluon_ssd.precision import resolve_amp
+    return resolve_amp('--amp')
 
 
 # ----------------------------------------------------------------------------------------------

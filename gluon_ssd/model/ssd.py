@@ -394,6 +394,16 @@ class SSD(PrecisionMixin, HybridBlock):
 
     def hybrid_forward(self, F, x):
         """``x (B, 3, H, W)`` -> training or inference outputs (class docstring)."""
+        cls_preds, box_preds, anchors = self.raw_outputs(F, x)
+        if autograd.is_training():
+            return cls_preds, box_preds, anchors
+        return self.detection_head(cls_preds, box_preds, anchors)
+
+    def raw_outputs(self, F, x):
+        """The network before its inference tail: ``x (B, 3, H, W)`` -> ``cls_preds (B, N, C+1)``
+        raw logits, ``box_preds (B, N, 4)`` encoded offsets, ``anchors (1, N, 4)`` center format
+        ``(cx, cy, w, h)``, pixels. ``F`` is ``mx.nd`` or ``mx.sym`` (ONNX export builds its
+        symbol from here)."""
         feats = self.features(x)
         if len(feats) != len(self.class_predictors):
             raise ValueError(f"the feature extractor returned {len(feats)} maps but the SSD has "
@@ -406,9 +416,7 @@ class SSD(PrecisionMixin, HybridBlock):
         cls_preds = F.reshape(concat_preds(F, cls_maps), (0, -1, self.num_classes + 1))
         box_preds = F.reshape(concat_preds(F, box_maps), (0, -1, 4))
         anchors = F.concat(*anchors, dim=1)
-        if autograd.is_training():
-            return cls_preds, box_preds, anchors
-        return self.detection_head(cls_preds, box_preds, anchors)
+        return cls_preds, box_preds, anchors
 
     # --------------------------------------------------------------------------------- export
     def export(self, path, epoch=0, remove_amp_cast=True):

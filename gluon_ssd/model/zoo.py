@@ -30,8 +30,8 @@ from gluon_ssd.model.backbones import IMAGENET_MEAN, IMAGENET_STD, get_backbone
 from gluon_ssd.model.classes import CLASS_SETS
 from gluon_ssd.model.ssd import SSD, LiteAnchorGenerator
 
-__all__ = ['PRESETS', 'NETWORKS', 'list_models', 'get_model_list', 'get_preset', 'anchor_sizes',
-           'model_name', 'get_model']
+__all__ = ['PRESETS', 'NETWORKS', 'INT8_MODELS', 'list_models', 'get_model_list', 'get_preset',
+           'anchor_sizes', 'model_name', 'get_model']
 
 _R3 = [1, 2, 0.5]
 _R5 = [1, 2, 0.5, 3, 1.0 / 3]
@@ -150,8 +150,17 @@ NETWORKS = {
 }
 
 
+#: GluonCV's INT8 detectors -> the float32 detector they are a quantized graph of. GluonCV ships
+#: the calibrated MXNet oneDNN graph (``gluoncv/model_zoo/quantized/<name>-symbol.json``) and
+#: runs it with the float32 detector's trained weights from its model store.
+INT8_MODELS = {f'{base}_int8': base for base in (
+    'ssd_300_vgg16_atrous_voc', 'ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_voc',
+    'ssd_512_vgg16_atrous_voc')}
+
+
 def list_models():
-    """Names accepted by :func:`get_model` (sorted list of str)."""
+    """Names of the SSDs :func:`get_model` builds (sorted list of str; the INT8 graphs of
+    :data:`INT8_MODELS` are listed by :func:`get_model_list`)."""
     return sorted(PRESETS)
 
 
@@ -160,8 +169,9 @@ _DETECTOR_SKIP = "pretrained=False (command line: --run-dir/--params instead of 
 
 
 def get_model_list():
-    """GluonCV's name for :func:`list_models` (every name :func:`get_model` accepts)."""
-    return list_models()
+    """Every name :func:`get_model` accepts, as GluonCV's function: :func:`list_models` and
+    the INT8 detectors of :data:`INT8_MODELS`."""
+    return list_models() + sorted(INT8_MODELS)
 
 
 def model_name(network, data_shape=None, dataset='voc'):
@@ -199,7 +209,11 @@ def model_name(network, data_shape=None, dataset='voc'):
 
 
 def get_preset(name):
-    """A deep copy of the preset dict of model ``name``."""
+    """A deep copy of the preset dict of model ``name``; an INT8 name (:data:`INT8_MODELS`)
+    gives its float32 detector's preset (input size, normalisation, classes) with ``int8_of``
+    naming that detector."""
+    if name in INT8_MODELS:
+        return dict(copy.deepcopy(PRESETS[INT8_MODELS[name]]), int8_of=INT8_MODELS[name])
     if name not in PRESETS:
         raise ValueError(f"unknown model name {name!r}; available: {', '.join(list_models())}")
     return copy.deepcopy(PRESETS[name])
@@ -258,7 +272,13 @@ def get_model(name, pretrained=False, classes=None, pretrained_base=False, root=
     else uninitialised (call ``initialize()``; a pretrained base is already loaded). Inputs are
     ``(B, 3, S, S)`` with ``S = preset['data_size']``, normalised with ``preset['mean']`` /
     ``preset['std']``; anchors are center format in pixels of that size.
+
+    An INT8 name (:data:`INT8_MODELS`, e.g. ``'ssd_300_vgg16_atrous_voc_int8'``) needs
+    ``pretrained`` (``True``: the float32 detector's weights from the store; or its ``.params``
+    file) and returns GluonCV's quantized graph as a ``SymbolBlock`` (see :func:`_int8_model`).
     """
+    if name in INT8_MODELS:
+        return _int8_model(name, pretrained, classes, root, transfer, ctx, **kwargs)
     preset = get_preset(name)
     if transfer is not None:
         return _transfer(name, preset, classes, transfer, pretrained, root, ctx, **kwargs)
@@ -322,3 +342,89 @@ def _transfer(name, preset, classes, transfer, pretrained, root, ctx, **kwargs):
     reuse = [c for c in classes if c in net.classes]
     net.reset_class(classes, reuse_weights=reuse)
     return net
+
+
+def _int8_model(name, pretrained, classes, root, transfer, ctx, **kwargs):
+    """GluonCV's INT8 detector ``name``: its shipped oneDNN graph with the trained weights of
+    the float32 detector ``INT8_MODELS[name]`` (``pretrained``: ``True`` = the store's file,
+    or a path to that detector's GluonCV ``.params`` file).
+
+    Returns a hybridized ``gluon.SymbolBlock`` (CPU only; any batch size): ``(B, 3, S, S)``
+    images normalised with the preset's mean/std -> ``ids (B, 100, 1)`` (VOC class id or -1),
+    ``scores (B, 100, 1)``, ``bboxes (B, 100, 4)`` corner pixels of the S x S input. It has
+    ``classes`` (the 20 VOC names) and ``meta`` (the :func:`gluon_ssd.model.io.make_meta`
+    fields plus ``artifact: 'mxnet-int8'`` and the NMS settings baked into the graph). The
+    classes, NMS and decoder are fixed by the graph: ``classes``, ``transfer`` and SSD options
+    are refused with a :class:`UserError`.
+    """
+    import mxnet as mx
+    if not pretrained:
+        raise UserError(f"{name} is GluonCV's calibrated INT8 graph of {INT8_MODELS[name]}: it "
+                        "exists only with trained weights (pretrained=True); to quantize your "
+                        "own model use python -m gluon_ssd.quantize")
+    fixed = sorted(kwargs) + (['transfer'] if transfer is not None else []) + \
+        (['classes'] if classes is not None and list(classes) != list(CLASS_SETS['voc']) else [])
+    if fixed:
+        raise UserError(f"{name}: {', '.join(fixed)} cannot change a quantized graph (its "
+                        "classes, decoding and NMS are fixed)")
+    base = INT8_MODELS[name]
+    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
+    if ctx.device_type != 'cpu':
+        raise UserError(f"{name}: INT8 graphs run on the CPU only (oneDNN)")
+    path = _pretrained_path(base, pretrained, root)
+    symbol_file = _int8_symbol_file(name)
+    block = mx.gluon.SymbolBlock.imports(symbol_file, ['data'], None, ctx=ctx)
+    block.collect_params().load_dict(_gluoncv_named_weights(base, path), ctx=ctx)
+    block.hybridize(static_alloc=True, static_shape=True)
+    preset = get_preset(base)
+    block.classes = tuple(CLASS_SETS['voc'])
+    block.meta = {'model': name, 'network': base.split('_', 2)[2].rsplit('_', 1)[0],
+                  'data_shape': int(preset['data_size']), 'classes': list(block.classes),
+                  'mean': list(preset['mean']), 'std': list(preset['std']),
+                  'decoder': 'per_class', 'artifact': 'mxnet-int8', 'int8_of': base,
+                  **_baked_nms(symbol_file)}
+    return block
+
+
+def _int8_symbol_file(name):
+    """GluonCV's shipped graph of INT8 detector ``name`` (in its package)."""
+    import gluoncv
+    path = os.path.join(os.path.dirname(gluoncv.__file__), 'model_zoo', 'quantized',
+                        f'{name}-symbol.json')
+    if not os.path.isfile(path):
+        raise UserError(f"{name}: GluonCV {gluoncv.__version__} does not ship {path}")
+    return path
+
+
+def _gluoncv_named_weights(base, path):
+    """``{graph name: NDArray}`` of GluonCV's ``.params`` file ``path`` of detector ``base``.
+
+    The file names weights by their place in GluonCV's block tree, the shipped graph by the
+    names GluonCV's blocks get when built with the prefix ``ssd0_``: building that (untrained)
+    network and loading the file into it gives both.
+    """
+    import gluoncv
+    import mxnet as mx
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        net = gluoncv.model_zoo.get_model(base, pretrained=False, pretrained_base=False,
+                                          prefix='ssd0_')
+    try:
+        net.load_parameters(path, ctx=mx.cpu())
+    except (AssertionError, mx.base.MXNetError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+        raise UserError(f"{path}: not the weights of GluonCV's {base} ({first})") from None
+    return {p.name: p.data() for p in net.collect_params().values()}
+
+
+def _baked_nms(symbol_file):
+    """NMS settings of a shipped INT8 graph: ``nms_thresh``, ``nms_topk`` and ``post_nms`` (the
+    rows its final ``slice_axis`` keeps)."""
+    import json
+    with open(symbol_file) as f:
+        nodes = json.load(f)['nodes']
+    nms = next(i for i, n in enumerate(nodes) if n['op'] == '_contrib_box_nms')
+    keep = next(n for n in nodes if n['op'] == 'slice_axis' and n['inputs'][0][0] == nms and
+                n['attrs'].get('axis') == '1')
+    return {'nms_thresh': float(nodes[nms]['attrs']['overlap_thresh']),
+            'nms_topk': int(nodes[nms]['attrs']['topk']), 'post_nms': int(keep['attrs']['end'])}
