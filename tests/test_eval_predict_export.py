@@ -413,3 +413,75 @@ def test_predict_a_folder_predicts_every_image_in_it(work, capsys):
     assert [Path(r['image']).name for r in records] == ['tall.jpg', 'wide.png']   # sorted
     by_name = {Path(r['image']).name: r['detections'] for r in files}
     assert [r['detections'] for r in records] == [by_name['tall.jpg'], by_name['wide.png']]
+
+
+# ----------------------------------------------------------------------------------------------
+# deployment backends through the command lines (exported files, --backend)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def onnx_file(work):
+    pytest.importorskip('onnxruntime')
+    pytest.importorskip('openvino')
+    assert ssd_export.main(['--params', work['params'], '--classes', ','.join(SHAPES),
+                            '--format', 'onnx', '--out', str(work['root'] / 'tiny6')]) == 0
+    return str(work['root'] / 'tiny6.onnx')
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_predict_gives_the_same_detections_in_every_backend(work, onnx_file, backend, capsys):
+    def detections(*flags):
+        assert ssd_predict.main([work['wide'], work['tall'], '--thresh', '0.05', *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+    reference = detections('--params', work['params'], '--classes', ','.join(SHAPES))
+    for flags in (('--params', work['params'], '--classes', ','.join(SHAPES),   # in memory
+                   '--backend', backend),
+                  ('--params', onnx_file, '--backend', backend)):            # the exported file
+        got = detections(*flags)
+        for a, b in zip(reference, got):
+            assert [d['class'] for d in a['detections']] == [d['class'] for d in b['detections']]
+            np.testing.assert_allclose([d['bbox'] for d in a['detections']],
+                                       [d['bbox'] for d in b['detections']], atol=1e-2)
+            np.testing.assert_allclose([d['score'] for d in a['detections']],
+                                       [d['score'] for d in b['detections']], atol=1e-4)
+        assert sum(len(r['detections']) for r in got) > 0
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--backend', 'mxnet'], 'runs in onnxruntime or openvino'),
+    (['--amp'], 'precision is fixed'),
+    (['--nms-thresh', '0.6'], 'nms_thresh 0.45 built in'),
+    (['--decoder', 'argmax'], 'per_class decoder built in'),
+])
+def test_flags_that_contradict_an_exported_file_are_one_line(work, onnx_file, flags, message,
+                                                             capsys):
+    assert ssd_predict.main([work['wide'], '--params', onnx_file, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_exported_file_without_its_meta_file_is_one_line(work, onnx_file, tmp_path, capsys):
+    lone = tmp_path / 'lone.onnx'
+    lone.write_bytes(Path(onnx_file).read_bytes())
+    assert ssd_predict.main([work['wide'], '--params', str(lone)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'lone.meta.json' in err, err
+
+
+def test_export_flags_that_do_not_combine_are_one_line(work, capsys):
+    for flags, message in ((['--bake-preprocess'], 'only with --format onnx'),
+                           (['--format', 'onnx', '--backend', 'openvino'], '--backend')):
+        assert ssd_export.main(['--params', work['params'], '--classes', ','.join(SHAPES),
+                                '--out', str(work['root'] / 'x'), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_mxnet_export_loads_back_as_a_model(work, tmp_path):
+    net, meta = load_model(params=work['params'], classes=SHAPES)
+    files = ssd_export.export_model(net, meta, str(tmp_path / 'sym'))
+    block, loaded = load_model(params=files['symbol'])
+    assert (loaded['artifact'], loaded['backend'], loaded['classes']) == \
+        ('mxnet-symbol', 'mxnet', SHAPES)
+    x = mx.nd.random.uniform(shape=(2, 3, 256, 256))
+    for a, b in zip(net(x), block(x)):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-5)

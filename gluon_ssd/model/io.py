@@ -150,6 +150,21 @@ def artifact_stem(path):
     return match.group(1) if match else None
 
 
+#: File endings of each kind of model file (``artifact`` None: trained ``.params`` weights).
+_ARTIFACT_FILES = {None: ('.params',), 'onnx': ('.onnx',), 'onnx-int8': ('.onnx',),
+                   'openvino-int8': ('.xml',), 'mxnet-symbol': ('-symbol.json', '.params'),
+                   'mxnet-int8': ('-symbol.json', '.params')}
+
+
+def _describes(meta, path):
+    """Whether ``meta`` can describe the file ``path``: ``best.params`` and ``best.onnx`` share
+    the stem ``best`` but not the kind (the ONNX file's meta names its ``artifact``)."""
+    kind = meta.get('artifact')
+    if path.endswith('.params') and artifact_stem(path) is None:    # trained weights
+        return kind is None
+    return path.endswith(_ARTIFACT_FILES.get(kind, ()))
+
+
 def find_meta(params):
     """The meta dict describing the model file ``params``, or ``None``: its own
     ``<stem>.meta.json`` (for an exported file, :func:`artifact_stem`), else the run directory's
@@ -165,7 +180,9 @@ def find_meta(params):
         candidates.append(os.path.join(os.path.dirname(params), RUN_META))
     for path in candidates:
         if os.path.isfile(path):
-            return read_meta(path)
+            meta = read_meta(path)
+            if _describes(meta, params):
+                return meta
     if exported is not None and not params.endswith('.params'):
         return None
     return _legacy_run_meta(os.path.dirname(os.path.abspath(params)))
