@@ -17,7 +17,7 @@ import traceback
 
 import mxnet as mx
 
-from bench import augment, blocks, flops, memory, model, objects, profile, train
+from bench import augment, blocks, deploy, flops, memory, model, objects, profile, train
 from bench.common import machine_facts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +39,13 @@ CONFIG = {
     'memory': ({}, {}),
     'objects': ({}, {}),
     'profile': ({'kinds': None}, {'kinds': {'train_tiny': ('ours',)}}),
+    # mAP table: the trained run in $GLUON_SSD_BENCH_RACCOON_RUN, else 'raccoon_run' (from the
+    # repository root); quick mode evaluates only when the variable is set, on 'map_images'
+    'deploy': ({'networks': ('ssd300', 'mobilenet512'), 'batches': (1, 8), 'repeat': 15,
+                'repeat_b8': 5, 'calib_images': 32, 'raccoon_run': '../runs/raccoon_scratch256',
+                'entropy': True, 'ir': True},
+               {'networks': ('mobilenet512',), 'batches': (1,), 'repeat': 1, 'calib_images': 4,
+                'map_images': 8, 'entropy': True, 'ir': True}),
 }
 ORDER = list(CONFIG)
 
@@ -73,6 +80,8 @@ def run_one(name, quick):
         return [objects.measure(quick=quick)]
     if name == 'profile':
         return [profile.profile_all(quick=quick, kinds=cfg['kinds'])]
+    if name == 'deploy':
+        return deploy.bench_deploy(cfg)
     raise ValueError(name)
 
 
@@ -182,6 +191,9 @@ def render(results):
     objs = next((e for e in entries if e['name'] == 'objects'), None)
     if objs:
         lines += ['', objects.render(objs)]
+    deploy_lines = deploy.render(entries)
+    if deploy_lines:
+        lines += [''] + deploy_lines
     lines += ['', '## Details', '']
     for e in entries:
         if 'times' not in e:

@@ -18,6 +18,9 @@ EXPECTED = {
     'train_ssd300_b1': ('ours', 'ours_bf16', 'gluoncv', 'gluoncv_bf16'),
     'train_tiny_b4': ('ours', 'ours_bf16', 'd2l'),
     'augment_256': ('ours', 'gluoncv'),
+    'deploy_mobilenet512_b1': ('gluoncv_fp32', 'ours_mxnet_fp32', 'ours_mxnet_bf16',
+                               'ours_mxnet_int8', 'gluoncv_int8', 'ours_ort_fp32', 'ours_ort_int8',
+                               'ours_ov_fp32', 'ours_ov_int8', 'ours_ov_int8_ir'),
 }
 
 
