@@ -428,9 +428,11 @@ def onnx_file(work):
 
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
-def test_predict_gives_the_same_detections_in_every_backend(work, onnx_file, backend, capsys):
+def test_predict_gives_the_same_detections_in_every_backend(work, onnx_file, backend, capsys,
+                                                            tmp_path):
     def detections(*flags):
-        assert ssd_predict.main([work['wide'], work['tall'], '--thresh', '0.05', *flags]) == 0
+        assert ssd_predict.main([work['wide'], work['tall'], '--thresh', '0.05', '--out-dir',
+                                 str(tmp_path), *flags]) == 0
         return json.loads(capsys.readouterr().out)
     reference = detections('--params', work['params'], '--classes', ','.join(SHAPES))
     for flags in (('--params', work['params'], '--classes', ','.join(SHAPES),   # in memory
@@ -454,7 +456,8 @@ def test_predict_gives_the_same_detections_in_every_backend(work, onnx_file, bac
 ])
 def test_flags_that_contradict_an_exported_file_are_one_line(work, onnx_file, flags, message,
                                                              capsys):
-    assert ssd_predict.main([work['wide'], '--params', onnx_file, *flags]) == 2
+    assert ssd_predict.main([work['wide'], '--params', onnx_file, '--out-dir',
+                             str(work['root'] / 'never'), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
 
@@ -462,7 +465,8 @@ def test_flags_that_contradict_an_exported_file_are_one_line(work, onnx_file, fl
 def test_exported_file_without_its_meta_file_is_one_line(work, onnx_file, tmp_path, capsys):
     lone = tmp_path / 'lone.onnx'
     lone.write_bytes(Path(onnx_file).read_bytes())
-    assert ssd_predict.main([work['wide'], '--params', str(lone)]) == 2
+    assert ssd_predict.main([work['wide'], '--params', str(lone), '--out-dir',
+                             str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'lone.meta.json' in err, err
 
