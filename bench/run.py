@@ -1,6 +1,6 @@
 """Run the benchmark suite and regenerate ``BENCHMARKS.md``.
 
-    python -m bench.run                      # full suite (~15-25 min on 2 cores)
+    python -m bench.run                      # full suite (~35-45 min on 2 cores, 20 of them deploy)
     python -m bench.run --quick              # smoke run: tiny repeats and batches (CI)
     python -m bench.run --only target,decode # some benchmarks; merged into the existing JSON
 

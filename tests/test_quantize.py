@@ -188,7 +188,7 @@ def test_cli_quantizes_end_to_end(tiny_params, raccoon, tmp_path, capsys):
     assert result['artifact'] == 'mxnet-int8' and result['num_calib'] == 6
     assert result['skipped_images'] == 0 and len(result['excluded']) == 1
     meta = read_meta(result['meta'])
-    assert meta['source'] == tiny_params and meta['model'] == 'tiny_ssd'
+    assert meta['source_params'] == tiny_params and meta['model'] == 'tiny_ssd'
     net = load_symbol(result['symbol'], result['params'])
     ids, scores, bboxes = net(mx.nd.zeros((2, 3, SIZE, SIZE)))
     assert bboxes.shape == (2, 100, 4)

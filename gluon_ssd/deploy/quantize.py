@@ -203,11 +203,6 @@ def _calibration_set(calib_images, data_shape, num_calib):
     return [images[i:i + size] for i in range(0, count - size + 1, size)]
 
 
-def _nms_meta(net):
-    return {'nms_thresh': float(net.nms_thresh), 'nms_topk': int(net.nms_topk),
-            'post_nms': int(net.post_nms)}
-
-
 def quantize_mxnet(net, meta, calib_images, prefix, calib_mode='naive', num_calib=None,
                    exclude=DEFAULT_EXCLUDE, quantized_dtype='auto'):
     """Quantize a trained SSD to INT8 with MXNet's oneDNN backend and save it.
@@ -229,16 +224,16 @@ def quantize_mxnet(net, meta, calib_images, prefix, calib_mode='naive', num_cali
         ``'predictors'`` and/or layer names of :func:`layer_groups` (``()``: none).
     quantized_dtype : ``'auto'`` (uint8 after ReLU, else int8), ``'int8'`` or ``'uint8'``.
 
-    Writes ``PREFIX-symbol.json``, ``PREFIX-0000.params`` (see :func:`gluon_ssd.model.runtime.load_symbol`) and
-    ``PREFIX.meta.json`` (``meta`` (its ``params`` as ``source``) plus ``artifact:
-    'mxnet-int8'``, ``calib_mode``,
-    ``num_calib`` (images used), ``exclude``, ``excluded`` (layer names kept float32) and the
-    NMS settings baked into the graph). Returns ``{'symbol', 'params', 'meta'}`` paths.
+    Writes ``PREFIX-symbol.json``, ``PREFIX-0000.params`` (see
+    :func:`gluon_ssd.model.runtime.load_symbol`) and ``PREFIX.meta.json``
+    (:func:`gluon_ssd.model.io.exported_meta` with ``artifact: 'mxnet-int8'``, plus
+    ``calib_mode``, ``num_calib`` (images used), ``exclude`` and ``excluded`` (layer names kept
+    float32)). Returns ``{'symbol', 'params', 'meta'}`` paths.
     Raises :class:`UserError` for a bad mode, count, exclusion or calibration batch.
     """
     import mxnet as mx
     from mxnet.contrib.quantization import quantize_net
-    from gluon_ssd.model.io import save_meta
+    from gluon_ssd.model.io import exported_meta, save_meta
     if calib_mode not in CALIB_MODES:
         raise UserError(f"--calib-mode: choose {' or '.join(CALIB_MODES)}, got {calib_mode!r}")
     if num_calib is not None and num_calib < 1:
@@ -261,12 +256,10 @@ def quantize_mxnet(net, meta, calib_images, prefix, calib_mode='naive', num_cali
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     qnet.export(prefix, epoch=0)
     _check_exclusions(f'{prefix}-symbol.json', groups['post'] + excluded)
-    info = {k: v for k, v in meta.items() if k != 'params'}
-    if meta.get('params'):
-        info['source'] = meta['params']      # the float32 weights it was made from
-    meta_path = save_meta(dict(info, artifact=ARTIFACT_MXNET, calib_mode=calib_mode,
-                               num_calib=int(used), exclude=exclude, excluded=excluded,
-                               quantized_dtype=quantized_dtype, **_nms_meta(net)),
+    # the float32 weights it was made from become its ``source_params``
+    info = exported_meta(net, meta, ARTIFACT_MXNET, net.post_nms)
+    meta_path = save_meta(dict(info, calib_mode=calib_mode, num_calib=int(used), exclude=exclude,
+                               excluded=excluded, quantized_dtype=quantized_dtype),
                           prefix + '.meta.json')
     return {'symbol': f'{prefix}-symbol.json', 'params': f'{prefix}-0000.params',
             'meta': meta_path}
