@@ -48,7 +48,7 @@ from gluon_ssd.target import SSDTargetGenerator
 
 __all__ = ['TrainGraph', 'TrainingDiverged', 'Run', 'train', 'run_model_name', 'open_data',
            'build_net', 'build_graph', 'build_transforms', 'build_loaders', 'build_evaluator',
-           'build_trainer', 'label_rows', 'learning_rate', 'forward_losses']
+           'build_trainer', 'label_rows', 'learning_rate', 'forward_losses', 'schedule_epochs']
 
 
 class TrainingDiverged(UserError):
@@ -226,6 +226,21 @@ def build_evaluator(cfg, val_ds, classes):
                      cfg.num_workers)
 
 
+def schedule_epochs(cfg, batches_per_epoch):
+    """Set ``cfg.epochs`` from ``cfg.steps`` when ``--epochs`` was not given (in place).
+
+    ``batches_per_epoch``: optimizer steps per epoch of this run (``len`` of the training
+    sampler: ``floor(training images / batch)``, the last partial batch is dropped; per worker when
+    distributed). Epochs ``= ceil(steps / batches_per_epoch)``, so a small dataset gets more epochs
+    and a large one fewer for the same number of updates. Returns ``True`` when it set
+    ``cfg.epochs``, ``False`` when the run already had them.
+    """
+    if cfg.epochs is not None:
+        return False
+    cfg.epochs = math.ceil(cfg.steps / max(batches_per_epoch, 1))
+    return True
+
+
 def learning_rate(cfg, epoch):
     """Learning rate at fractional ``epoch`` (``e + batch / batches``): linear warm-up over
     ``warmup_epochs``, then ``step`` (times ``lr_decay`` at each ``--lr-decay-epoch``) or
@@ -355,6 +370,10 @@ class Run:
         self.graph, self.normalizer = build_graph(cfg, self.net, max_objects)
         self.train_loader, self.sampler = build_loaders(cfg, self.train_ds, max_objects,
                                                         self.rank, self.num_workers)
+        if schedule_epochs(cfg, len(self.sampler)):
+            LOG.info('%d steps of %d batches per epoch (%d training images, batch %d): %d '
+                     'epochs', cfg.steps, len(self.sampler), len(self.train_ds), cfg.batch_size,
+                     cfg.epochs)
         self.evaluator = build_evaluator(cfg, self.val_ds, self.classes)
         self.trainer = build_trainer(cfg, self.net, self.kv, self.hvd)
         self.step_scale = global_batch_size(1, self.kv)

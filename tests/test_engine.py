@@ -277,3 +277,36 @@ def test_too_small_max_objects_is_refused_before_training(tiny_setup):
     with pytest.raises(UserError, match=f'--max-objects {most - 1}: a training image has {most}'):
         engine.label_rows(cfg, tiny_setup['train_ds'])
     assert engine.label_rows(replace(cfg, max_objects=most + 5), tiny_setup['train_ds']) == most + 5
+
+
+def test_a_recipe_in_steps_sets_epochs_from_the_batches_per_epoch():
+    """scratch_ssd's length is 580 optimizer steps: ceil(580 / batches per epoch) epochs."""
+    cfg = parse_config(['--network', 'scratch_ssd', '--out-dir', 'x'])
+    assert (cfg.steps, cfg.epochs, cfg.batch_size) == (580, None, 16)
+    assert engine.schedule_epochs(cfg, 160 // 16) and cfg.epochs == 58    # the raccoon photos
+    assert not engine.schedule_epochs(cfg, 62) and cfg.epochs == 58       # already set: kept
+    synthetic = parse_config(['--network', 'scratch_ssd', '--out-dir', 'x'])
+    assert engine.schedule_epochs(synthetic, 1000 // 16) and synthetic.epochs == 10
+    explicit = parse_config(['--network', 'scratch_ssd', '--epochs', '3', '--out-dir', 'x'])
+    assert (explicit.epochs, explicit.steps) == (3, None)    # --epochs wins, no steps recorded
+    assert not engine.schedule_epochs(explicit, 10) and explicit.epochs == 3
+    default = parse_config(['--out-dir', 'x'])               # tiny_ssd keeps its epochs
+    assert (default.epochs, default.steps) == (16, None)
+
+
+def test_a_run_records_the_epochs_of_its_steps(tmp_path):
+    """40 images in batches of 16: 2 steps per epoch (the last partial batch is dropped)."""
+    run_dir = tmp_path / 'run'
+    cfg = parse_config(['--network', 'scratch_ssd', '--num-train', '40', '--num-val', '4',
+                        '-j', '0', '--dataset-root', str(tmp_path / 'data'), '--no-progress',
+                        '--out-dir', str(run_dir)])
+    run = engine.Run(cfg, [mx.cpu()])
+    try:
+        run.setup()
+    finally:
+        run.close()
+        engine.rundir.release_run_dir(getattr(run, 'run_lock', None))
+    saved = json.loads((run_dir / 'config.json').read_text())
+    assert (saved['steps'], saved['epochs']) == (580, 290)
+    assert '580 steps of 2 batches per epoch (40 training images, batch 16): 290 epochs' in \
+        (run_dir / 'train.log').read_text()
