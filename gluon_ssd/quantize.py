@@ -31,16 +31,17 @@ NNCF_FORMATS = ('onnx', 'openvino')
 
 def build_parser():
     """The ``python -m gluon_ssd.quantize`` argument parser."""
-    from gluon_ssd.deploy.quantize import CALIB_MODES, DEFAULT_EXCLUDE, EXCLUDE_GROUPS
+    from gluon_ssd.deploy.quantize import (CALIB_MODES, DEFAULT_CALIB_MODE, DEFAULT_EXCLUDE,
+                                          EXCLUDE_GROUPS)
     p = argparse.ArgumentParser(prog=PROG, description='Quantize a trained SSD to INT8 '
                                 '(post-training, calibrated on a dataset split).')
     add_model_args(p)
     a = p.add_argument
     a('--method', choices=METHODS, default='mxnet',
       help="mxnet: MXNet's oneDNN int8 graph (CPU); nncf: NNCF on the exported ONNX model")
-    a('--calib-mode', choices=CALIB_MODES, default='naive',
-      help='mxnet: thresholds from the min/max of each layer (naive, default) or minimising '
-           'the KL divergence (entropy, slower)')
+    a('--calib-mode', choices=CALIB_MODES, default=DEFAULT_CALIB_MODE,
+      help='mxnet: thresholds minimising the KL divergence (entropy, default: keeps the mAP of '
+           'weaker models) or from the min/max of each layer (naive, faster to calibrate)')
     a('--num-calib', type=int, default=64, help='calibration images (default 64)')
     a('--exclude', default=','.join(DEFAULT_EXCLUDE),
       help=f"mxnet: comma-separated layers kept float32 besides the post-processing: "

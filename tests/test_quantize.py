@@ -352,21 +352,26 @@ def _nncf_files(fmt, tiny, tiny_params, raccoon, tmp_path, capsys):
 
 
 def _int8_readers(path, fmt):
-    """``(names of the nodes reading int8-rounded tensors, the network part's node names)``."""
+    """``(names of the nodes reading int8-rounded tensors, the network part's node names, the
+    class predictors' names)``."""
     if fmt == 'onnx':
         import onnx
         model = onnx.load(path)
         dequantized = {t for n in model.graph.node if n.op_type == 'DequantizeLinear'
                        for t in n.output}
         readers = {n.name for n in model.graph.node if set(n.input) & dequantized}
-        names, kinds, inputs = q._onnx_nodes(model)
-        return readers, q._network_part(names, kinds, inputs, ('Conv',))
-    import openvino as ov
-    model = ov.Core().read_model(path)
-    readers = {t.get_node().get_friendly_name() for op in model.get_ordered_ops()
-               if op.get_type_name() == 'FakeQuantize' for t in op.output(0).get_target_inputs()}
-    names, kinds, inputs = q._ov_nodes(model)
-    return readers, q._network_part(names, kinds, inputs, ('Convolution', 'GroupConvolution'))
+        names, kinds, inputs, outputs = q._onnx_nodes(model)
+        convs = ('Conv',)
+    else:
+        import openvino as ov
+        model = ov.Core().read_model(path)
+        readers = {t.get_node().get_friendly_name() for op in model.get_ordered_ops()
+                   if op.get_type_name() == 'FakeQuantize'
+                   for t in op.output(0).get_target_inputs()}
+        names, kinds, inputs, outputs = q._ov_nodes(model)
+        convs = ('Convolution', 'GroupConvolution')
+    classes = {names[i] for i in q._class_predictors(kinds, inputs, outputs, convs)}
+    return readers, q._network_part(names, kinds, inputs, convs), classes
 
 
 @pytest.mark.slow
@@ -378,10 +383,12 @@ def test_nncf_quantizes_the_network_and_keeps_the_tail_float(tiny, tiny_params, 
     info = json.load(open(files['meta']))
     assert info['artifact'] == f'{fmt}-int8' and info['num_calib'] == 8
     assert info['input']['name'] == 'data' and info['classes'] == CLASSES
-    readers, network = _int8_readers(files['model'], fmt)
+    readers, network, classes = _int8_readers(files['model'], fmt)
     # int8 inputs only inside the network (convolutions, residual adds, pools), none in the
-    # post-processing (flatten/concat of the predictions, softmax, decoding, NMS)
+    # post-processing (flatten/concat of the predictions, softmax, decoding, NMS), and none in
+    # the class predictors (TinySSD: one per feature map)
     assert readers and readers <= network, sorted(readers - network)
+    assert len(classes) == 5 and not readers & classes, sorted(readers & classes)
     x = q.calibration_batches(raccoon['test'], info, 4, batch_size=4)[0][0]
     ref = [o.asnumpy() for o in net(x)]
     for backend in (['onnxruntime', 'openvino'] if fmt == 'onnx' else ['openvino']):
