@@ -307,26 +307,13 @@ def _check_detector(exported, decoder, backend):
     return max(d[0] for d in diffs), max(d[1] for d in diffs)
 
 
+@pytest.mark.parametrize('network', ['tiny',                                   # TinySSD
+                                     pytest.param('vgg', marks=pytest.mark.slow),   # L2Norm
+                                     pytest.param('mobilenet', marks=pytest.mark.slow)])
 @pytest.mark.parametrize('backend', list(BACKENDS))
 @pytest.mark.parametrize('decoder', ['per_class', 'argmax'])
-def test_tiny_ssd_matches_mxnet(tiny, decoder, backend):
-    score, box = _check_detector(tiny, decoder, backend)
-    assert score <= SCORE_TOL and box <= BOX_TOL
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('backend', list(BACKENDS))
-@pytest.mark.parametrize('decoder', ['per_class', 'argmax'])
-def test_vgg16_l2norm_matches_mxnet(vgg, decoder, backend):
-    score, box = _check_detector(vgg, decoder, backend)
-    assert score <= SCORE_TOL and box <= BOX_TOL
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('backend', list(BACKENDS))
-@pytest.mark.parametrize('decoder', ['per_class', 'argmax'])
-def test_mobilenet_512_matches_mxnet(mobilenet, decoder, backend):
-    score, box = _check_detector(mobilenet, decoder, backend)
+def test_runtimes_match_mxnet(network, decoder, backend, request):
+    score, box = _check_detector(request.getfixturevalue(network), decoder, backend)
     assert score <= SCORE_TOL and box <= BOX_TOL
 
 
