@@ -40,8 +40,8 @@ def build_parser():
     a('--method', choices=METHODS, default='mxnet',
       help="mxnet: MXNet's oneDNN int8 graph (CPU); nncf: NNCF on the exported ONNX model")
     a('--calib-mode', choices=CALIB_MODES, default=DEFAULT_CALIB_MODE,
-      help='mxnet: thresholds minimising the KL divergence (entropy, default: keeps the mAP of '
-           'weaker models) or from the min/max of each layer (naive, faster to calibrate)')
+      help='mxnet: thresholds from the min/max of each layer (naive, default) or minimising '
+           'the KL divergence (entropy, slower)')
     a('--num-calib', type=int, default=64, help='calibration images (default 64)')
     a('--exclude', default=','.join(DEFAULT_EXCLUDE),
       help=f"mxnet: comma-separated layers kept float32 besides the post-processing: "
