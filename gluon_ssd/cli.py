@@ -76,11 +76,11 @@ def model_from_args(args, default_classes=None):
             raise UserError(f"{flag}: must be positive, got {value}")
     if args.nms_thresh is not None and not 0 < args.nms_thresh <= 1:
         raise UserError(f"--nms-thresh: must be in (0, 1], got {args.nms_thresh}")
-    net, meta = load_model(params=args.params, run_dir=args.run_dir, network=args.network,
-                           data_shape=args.data_shape,
-                           classes=parse_classes(args.classes) or default_classes,
-                           decoder=args.decoder, nms_thresh=args.nms_thresh,
-                           nms_topk=args.nms_topk, post_nms=args.post_nms, ctx=contexts_from_args(args),
-                           amp=getattr(args, 'amp', False), pretrained=args.pretrained,
-                           backend=getattr(args, 'backend', None))
-    return net, meta
+    return load_model(params=args.params, run_dir=args.run_dir, network=args.network,
+                      data_shape=args.data_shape,
+                      classes=parse_classes(args.classes) or default_classes,
+                      decoder=args.decoder, nms_thresh=args.nms_thresh,
+                      nms_topk=args.nms_topk, post_nms=args.post_nms,
+                      ctx=contexts_from_args(args),
+                      amp=getattr(args, 'amp', False), pretrained=args.pretrained,
+                      backend=getattr(args, 'backend', None))

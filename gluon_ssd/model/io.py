@@ -16,7 +16,8 @@ import numpy as np
 
 from gluon_ssd.errors import UserError
 
-__all__ = ['RUN_META', 'BACKENDS', 'make_meta', 'exported_meta', 'artifact_stem', 'save_meta', 'read_json', 'read_meta', 'find_meta',
+__all__ = ['RUN_META', 'BACKENDS', 'make_meta', 'exported_meta', 'artifact_stem', 'save_meta',
+           'read_json', 'read_meta', 'find_meta',
            'resolve_source', 'is_zoo_detector', 'load_model', 'load_params', 'input_transform',
            'map_boxes_to_original', 'finite_detections']
 
@@ -175,7 +176,7 @@ def find_meta(params):
     if exported is not None:
         candidates[:0] = [exported + _FILE_META_SUFFIX, exported + '-meta.json']
         if not params.endswith('.params'):
-            candidates = candidates[:2]       # an exported graph never belongs to a run's model.json
+            candidates = candidates[:2]   # an exported graph never belongs to a run's model.json
     else:
         candidates.append(os.path.join(os.path.dirname(params), RUN_META))
     for path in candidates:
