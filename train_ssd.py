@@ -1,7 +1,7 @@
 """Train an SSD detector (flags compatible with GluonCV's scripts/detection/ssd/train_ssd.py).
 
-    python train_ssd.py                       # tiny_ssd (128 px) on the built-in synthetic data, CPU
-    python train_ssd.py --data-shape 256      # d2l's TinySSD exactly (256 px, 5444 anchors)
+    python train_ssd.py                       # scratch_ssd (192 px) on the built-in synthetic data
+    python train_ssd.py --network tiny_ssd --data-shape 256   # d2l's TinySSD (5444 anchors)
     python train_ssd.py --dataset voc --dataset-root ../shared/data/raccoon \
         --train-split train --val-split test
     python train_ssd.py --network vgg16_atrous --data-shape 300 --dataset voc \
@@ -33,11 +33,22 @@ class _Terminated(KeyboardInterrupt):
 
 _SIGTERM = {'handler': None, 'at_fork': False}
 
+# The interrupted run's exception, kept until the process ends: its traceback holds the run's data
+# loaders, and collecting a loader terminates its worker pool, which blocks forever on the pool's
+# queue lock when the same signal killed a worker holding it (SIGTERM to the whole process group,
+# as `kill -- -PGID`, systemd and batch schedulers send it). The script then kills the loader
+# workers still alive and leaves with os._exit (_exit): the checkpoint is already committed and
+# the run directory released.
+_INTERRUPTED = []
+
 
 def _child_default_sigterm():
     """In a process forked while our SIGTERM handler is installed (a data-loader worker): the
     default action, so that the pool's ``terminate()`` ends it at once and without a traceback,
-    even while it is blocked inside C code."""
+    even while it is blocked inside C code. A process forked after an interrupt (a pool
+    replacing the workers the signal killed) has nothing to do: it ends at once."""
+    if _INTERRUPTED:
+        os._exit(0)
     if _SIGTERM['handler'] is not None and signal.getsignal(signal.SIGTERM) is _SIGTERM['handler']:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -106,6 +117,7 @@ def main(argv=None):
     try:
         return _main(argv, run)
     except KeyboardInterrupt as exc:        # Ctrl-C, or SIGTERM (_Terminated)
+        _INTERRUPTED.append(exc)
         if old_sigint is not None:          # a second one: no traceback either
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
@@ -137,9 +149,31 @@ def _main(argv, run):
     return 0
 
 
+def _exit(code):
+    """``sys.exit(code)``; after an interrupt ``os._exit`` (see :data:`_INTERRUPTED`)."""
+    if _INTERRUPTED:
+        import multiprocessing
+        import time
+        # the loader workers, and the replacements a pool forks for the ones the signal killed:
+        # one may have been forked just before the interrupt was recorded and be added to the
+        # children a moment later, so kill for a little while, until none is left
+        deadline = time.monotonic() + 1.0
+        while True:
+            children = multiprocessing.active_children()
+            for child in children:
+                child.kill()
+            if not children or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == '__main__':
     if any('dist_' in arg for arg in sys.argv[1:]):   # ps-lite: exit at once on errors
         from gluon_ssd.distributed import exit_guard
         with exit_guard():
-            sys.exit(main())
-    sys.exit(main())
+            _exit(main())
+    _exit(main())

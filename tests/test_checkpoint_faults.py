@@ -37,8 +37,9 @@ FAULT_CKPT = 'ckpt-0002'          # faults hit the save after the second epoch
 def _args(data_root, out_dir, *extra):
     """tiny_ssd at 256 px on 16 synthetic images, batch 4, 3 epochs (as test_train_cli's
     ``_small_args``)."""
-    return ['--data-shape', '256', '--num-train', '16', '--num-val', '16', '--val-split', 'train',
-            '--batch-size', '4', '--epochs', str(EPOCHS), '-j', '0', '--seed', '3',
+    return ['--network', 'tiny_ssd', '--data-shape', '256', '--num-train', '16',
+            '--num-val', '16', '--val-split', 'train', '--batch-size', '4',
+            '--epochs', str(EPOCHS), '-j', '0', '--seed', '3',
             '--no-progress', '--num-samples-viz', '1', '--dataset-root', str(data_root),
             '--out-dir', str(out_dir), *extra]
 
@@ -342,13 +343,16 @@ def _wait_for_checkpoint(proc, run, epoch, timeout=240):
     raise AssertionError('no checkpoint of epoch %d: %s' % (epoch, proc.communicate()[1][-2000:]))
 
 
-@pytest.mark.parametrize('sig, code, name', [(signal.SIGINT, 130, 'Ctrl-C'),
-                                             (signal.SIGTERM, 143, 'SIGTERM')])
+@pytest.mark.parametrize('sig, code, name, group', [(signal.SIGINT, 130, 'Ctrl-C', True),
+                                                    (signal.SIGTERM, 143, 'SIGTERM', False),
+                                                    (signal.SIGTERM, 143, 'SIGTERM', True)])
 def test_interrupt_with_loader_workers_is_one_line_and_resumable(reference, data_root, tmp_path,
-                                                                 capsys, sig, code, name):
+                                                                 capsys, sig, code, name, group):
     """Before: Ctrl-C gave a KeyboardInterrupt traceback (exit -2), SIGTERM killed the run
-    outright (loader workers could print BrokenPipeError tracebacks). Ctrl-C goes to the whole
-    process group (as a terminal sends it), SIGTERM to the main process only."""
+    outright (loader workers could print BrokenPipeError tracebacks), and SIGTERM to the whole
+    process group (``kill -- -PGID``, systemd, batch schedulers) left the process hanging forever
+    after its message: a worker killed while holding the pool's queue lock blocked the pool's
+    terminate(). Ctrl-C goes to the whole process group (as a terminal sends it)."""
     run = tmp_path / 'interrupted'
     proc = _start(data_root, run, '-j', '2')
     try:
@@ -358,7 +362,7 @@ def test_interrupt_with_loader_workers_is_one_line_and_resumable(reference, data
         line = _one_error_line(capsys.readouterr().err)
         assert f'--out-dir {run}: another training run is using this directory' in line
         time.sleep(0.5)                                 # inside epoch index 1
-        if sig == signal.SIGINT:
+        if group:
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
