@@ -121,15 +121,15 @@ def _parse_metrics(text):
 
 def run(args):
     """Evaluate according to parsed ``args``; returns the result dict printed by :func:`main`:
-    ``{'model', 'dataset', 'num_images', 'nms_thresh', 'seconds', 'map': {kind: mAP},
-    'metrics': {kind: summary}}``."""
+    ``{'model', 'weights' (the file evaluated, or the zoo name), 'dataset', 'num_images',
+    'nms_thresh', 'seconds', 'map': {kind: mAP}, 'metrics': {kind: summary}}``."""
     kinds = _parse_metrics(args.metrics)
     for flag, value in (('--batch-size', args.batch_size), ('-j/--num-workers',
                                                             args.num_workers + 1)):
         if value < 1:
             raise UserError(f"{flag}: must be positive, got {value}")
     if is_zoo_detector(args.pretrained):     # a zoo detector: its classes, no run directory
-        run_cfg, file_meta = None, True
+        run_cfg, file_meta, params = None, True, args.pretrained
     else:
         params, file_meta = resolve_source(args.run_dir, args.params or args.pretrained)
         run_cfg = read_config(os.path.dirname(os.path.abspath(params)))
@@ -147,7 +147,8 @@ def run(args):
     if dropped:
         sys.stderr.write(f"warning: {dropped} detections with NaN/infinite boxes or scores "
                          "(a diverged model?) were ignored\n")
-    return {'model': meta, 'dataset': settings, 'num_images': len(dataset),
+    return {'model': meta, 'weights': os.path.abspath(params) if not is_zoo_detector(params)
+            else params, 'dataset': settings, 'num_images': len(dataset),
             'nms_thresh': meta.get('nms_thresh', getattr(net, 'nms_thresh', None)),
             'backend': meta.get('backend', 'mxnet'), 'seconds': round(time.time() - tic, 3),
             'map': {k: v['map'] for k, v in results.items()}, 'metrics': results}

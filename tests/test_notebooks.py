@@ -158,9 +158,13 @@ def test_05_your_own_data(tmp_path, monkeypatch):
     nb, res = execute_notebook('05_your_own_data.ipynb', tmp_path, monkeypatch)
     run = tmp_path / 'work' / 'runs' / 'nb05_quick'
     for name in ('config.json', 'metrics.jsonl', 'best.params', 'curves.png', 'detections.png',
-                 'eval.json', 'export/tiny_ssd-symbol.json', 'export/tiny_ssd-0000.params'):
+                 'eval.json', 'export/detector-symbol.json', 'export/detector-0000.params'):
         assert (run / name).is_file(), name
+    assert json.loads((run / 'model.json').read_text())['model'] == 'scratch_ssd_192'
     assert 0 <= res['map']['voc07'] <= 1
+    # the headline is the final epoch's: eval.json evaluated last.params
+    evaluated = json.loads((run / 'eval.json').read_text())['weights']
+    assert evaluated.endswith('nb05_quick/last.params')
     assert res['predicted_images'] == 3
     assert res['export_same_ids'] and res['export_max_box_diff'] < 1e-3
     assert count_images(nb) >= 4
