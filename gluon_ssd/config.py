@@ -28,8 +28,9 @@ from gluon_ssd.model.zoo import NETWORKS, model_name
 from gluon_ssd.precision import resolve_amp
 from gluon_ssd.rundir import read_config, resume_source
 
-__all__ = ['TrainConfig', 'NETWORK_PRESETS', 'COMMON_DEFAULTS', 'RESUME_MUTABLE', 'build_parser',
-           'parse_config', 'fill_defaults', 'validate', 'restore_for_resume']
+__all__ = ['TrainConfig', 'NETWORK_PRESETS', 'DEFAULT_NETWORK', 'COMMON_DEFAULTS',
+           'RESUME_MUTABLE', 'build_parser', 'parse_config', 'fill_defaults', 'validate',
+           'restore_for_resume', 'scaled_steps']
 
 
 # Per-network training recipes (flags override them); input sizes: gluon_ssd.model.zoo.NETWORKS.
@@ -47,11 +48,14 @@ NETWORK_PRESETS = {
                      warmup_epochs=0.5, wd=5e-4, max_expand=1, pretrained_base=False),
     # scratch_ssd (model/scratch.py: BatchNorm everywhere, anchors 6-90 %). Adam + cosine beat
     # SGD at equal epochs; zoom-out up to 2x. Its length is a number of optimizer steps, as
-    # detection schedules are (epochs = ceil(steps / batches per epoch): engine.schedule_epochs):
-    # 580 steps are 58 epochs on the raccoon photos (160 train / 40 test), 10 on the 1000
-    # synthetic images. Raccoon final VOC07 mAP, 3 seeds: 0.681 +- 0.016 in 580 steps (~685 CPU
-    # s), 0.625 +- 0.030 in 400 (40 epochs, ~460 CPU s); d2l's recipe 0.478 (30 epochs, 703 s).
-    'scratch_ssd': dict(optimizer='adam', batch_size=16, lr=0.003, lr_mode='cosine', steps=580,
+    # detection schedules are (epochs = ceil(steps / batches per epoch): engine.schedule_epochs),
+    # at its default input of 192 px; another --data-shape scales them by the pixel count
+    # (scaled_steps), so every size gets the same compute: 1040 steps at 192 px, 585 at 256.
+    # 192 px because it measured the same raccoon mAP as 256 px at equal compute and trains 1.76x
+    # as many images per second: final VOC07 mAP, 3 seeds, 0.678 +- 0.021 in 1040 steps at 192
+    # (104 epochs, ~530 CPU s with one thread) vs 0.681 +- 0.016 in 580 steps at 256; d2l's
+    # recipe 0.477 (30 epochs, 617 CPU s with one thread). README: "Training from scratch".
+    'scratch_ssd': dict(optimizer='adam', batch_size=16, lr=0.003, lr_mode='cosine', steps=1040,
                         lr_decay_epoch='', warmup_epochs=1, wd=5e-4, max_expand=2,
                         pretrained_base=False),
 }
@@ -59,6 +63,9 @@ NETWORK_PRESETS = {
 NETWORK_PRESETS.update({name: dict(_GLUONCV) for name in NETWORKS if name not in NETWORK_PRESETS})
 #: Networks without ImageNet weights (``--pretrained-base`` is an error for them).
 NO_PRETRAINED_BASE = ('tiny_ssd', 'scratch_ssd')
+#: ``--network`` when neither it nor ``--pretrained`` is given: training starts from random
+#: weights, so the from-scratch design and recipe (d2l's TinySSD stays ``--network tiny_ssd``).
+DEFAULT_NETWORK = 'scratch_ssd'
 
 # Defaults shared by every network (GluonCV's script values where it has the flag).
 COMMON_DEFAULTS = dict(lr_decay=0.1, momentum=0.9, log_interval=20,
@@ -169,11 +176,11 @@ def build_parser():
     """The ``train_ssd.py`` argument parser (defaults ``None`` mean "take the network preset")."""
     p = argparse.ArgumentParser(
         prog='train_ssd.py',
-        description='Train an SSD detector. With no arguments: tiny_ssd on the built-in synthetic '
-                    'dataset, on CPU, in a few minutes.')
+        description='Train an SSD detector. With no arguments: the from-scratch scratch_ssd on the '
+                    'built-in synthetic dataset, on CPU, in a few minutes.')
     a = p.add_argument
-    a('--network', help=f"base network: {', '.join(NETWORKS)} (default tiny_ssd; with "
-                          "--pretrained: its network)")
+    a('--network', help=f"base network: {', '.join(NETWORKS)} (default {DEFAULT_NETWORK}; "
+                          "with --pretrained: its network)")
     a('--data-shape', type=int, help='input size in pixels (default: the network preset)')
     a('--batch-size', type=int, help='global batch size, split across devices')
     a('--dataset', default='synthetic', help=f"{' | '.join(DATASETS)} (default synthetic)")
@@ -185,7 +192,8 @@ def build_parser():
     a('-j', '--num-workers', type=int, help='data-loading worker processes (0 = main process)')
     a('--gpus', default='', help='GPU ids, e.g. "0,1"; empty (default) trains on CPU')
     a('--epochs', type=int, help='number of training epochs (default: the network preset; '
-                                 'scratch_ssd: 580 steps, ceil(580 / batches per epoch))')
+                                 'scratch_ssd: 1040 steps at 192 px, scaled by the pixel count '
+                                 'at other sizes: ceil(steps / batches per epoch))')
     a('--resume', default='', help='run directory or its last.params to continue from')
     a('--start-epoch', type=int, help='epoch to start from when --resume is a bare .params file')
     a('--optimizer', choices=('sgd', 'adam'),
@@ -216,7 +224,8 @@ def build_parser():
       help='divide the loss by positives of the whole batch (GluonCV) or of each image')
     a('--pretrained-base', action=argparse.BooleanOptionalAction,
       help='start the base network from its ImageNet weights (GluonCV model store, downloaded '
-           'into $MXNET_HOME/models when absent); default: on for every network but tiny_ssd')
+           'into $MXNET_HOME/models when absent); default: on for every network but tiny_ssd '
+           'and scratch_ssd')
     a('--pretrained', default='',
       help='fine-tune a trained detector: a zoo name (e.g. ssd_300_vgg16_atrous_coco, GluonCV\'s '
            'weights) or a .params file (a gluon-ssd model with its meta file, or a GluonCV file '
@@ -344,7 +353,7 @@ def fill_defaults(cfg):
     :data:`COMMON_DEFAULTS` (in place); ``model`` is the zoo preset the run trains."""
     if cfg.pretrained and not cfg.model:
         _adopt_pretrained(cfg)
-    cfg.network = cfg.network or 'tiny_ssd'
+    cfg.network = cfg.network or DEFAULT_NETWORK
     if cfg.network not in NETWORK_PRESETS:
         raise UserError(f"--network: unknown network {cfg.network!r}; choose one of "
                         f"{', '.join(NETWORK_PRESETS)}")
@@ -355,6 +364,8 @@ def fill_defaults(cfg):
             # --epochs given: the recipe's length in steps is not used (nor recorded)
             if getattr(cfg, key) is None and not (key == 'steps' and cfg.epochs is not None):
                 setattr(cfg, key, value)
+                if key == 'steps':
+                    cfg.steps = scaled_steps(value, cfg.network, cfg.data_shape)
     if cfg.dataset in DEFAULT_SPLITS:
         train, val = DEFAULT_SPLITS[cfg.dataset]
         cfg.train_split = cfg.train_split or train
@@ -366,6 +377,16 @@ def fill_defaults(cfg):
         stamp = time.strftime('%Y%m%d-%H%M%S')
         cfg.out_dir = os.path.join('runs', f'{cfg.network}_{cfg.dataset}_{stamp}')
     return cfg
+
+
+def scaled_steps(steps, network, data_shape):
+    """A recipe's ``steps`` (given at the network's default input size) at ``data_shape``:
+    scaled by the pixel ratio, so that every input size gets the same compute (a step costs about
+    its pixel count): ``round(steps * (default / data_shape) ** 2)``."""
+    if not isinstance(data_shape, int) or data_shape <= 0:   # validate() names the flag
+        return steps
+    default = NETWORKS[network]['data_shapes'][0]
+    return max(1, round(steps * (default / data_shape) ** 2))
 
 
 def _check_number(cfg, name, allow_zero=False):

@@ -382,8 +382,9 @@ def _bad_voc(tmp_path):
 
 def _args(root, out, workers, *extra):
     return ['--dataset', 'voc', '--dataset-root', str(root), '--train-split', 'train',
-            '--val-split', 'val', '--data-shape', '128', '--batch-size', '4', '--epochs', '1',
-            '-j', str(workers), '--seed', '1', '--no-progress', '--num-samples-viz', '2',
+            '--val-split', 'val', '--network', 'tiny_ssd', '--data-shape', '128',
+            '--batch-size', '4', '--epochs', '1', '-j', str(workers), '--seed', '1',
+            '--no-progress', '--num-samples-viz', '2',
             '--out-dir', str(out), *extra]
 
 

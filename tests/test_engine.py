@@ -10,7 +10,7 @@ from mxnet import autograd
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import engine
-from gluon_ssd.config import TrainConfig, fill_defaults, parse_config, validate
+from gluon_ssd.config import TrainConfig, fill_defaults, parse_config, scaled_steps, validate
 from gluon_ssd.data.build import EpochBatchSampler, SeededItems, pad_label
 from gluon_ssd.errors import UserError
 from gluon_ssd.loss import SSDMultiBoxLoss
@@ -22,7 +22,8 @@ from gluon_ssd.target import SSDTargetGenerator
 def tiny_setup(tmp_path_factory):
     """A tiny_ssd, its fused graph and one 8-image batch of the synthetic data."""
     root = tmp_path_factory.mktemp('synthetic')
-    cfg = parse_config(['--num-train', '16', '--num-val', '8', '-j', '0', '--batch-size', '8',
+    cfg = parse_config(['--network', 'tiny_ssd', '--num-train', '16', '--num-val', '8', '-j', '0',
+                        '--batch-size', '8',
                         '--dataset-root', str(root), '--out-dir', str(root / 'run')])
     # the engine's own set-up steps, as engine.Run.setup calls them
     train_ds, val_ds, classes = engine.open_data(cfg)
@@ -214,13 +215,16 @@ def test_bad_configuration_messages(argv, flag):
 
 
 def test_defaults_come_from_network_preset():
-    cfg = parse_config(['--out-dir', 'x'])
-    assert (cfg.network, cfg.data_shape, cfg.dataset) == ('tiny_ssd', 128, 'synthetic')
-    assert model_name(cfg.network, cfg.data_shape) == 'tiny_ssd_128'
+    cfg = parse_config(['--out-dir', 'x'])     # no --network: the from-scratch SSD and recipe
+    assert (cfg.network, cfg.data_shape, cfg.dataset) == ('scratch_ssd', 192, 'synthetic')
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.steps) == ('scratch_ssd_192', 'adam', 0.003,
+                                                             1040)
+    tiny = parse_config(['--network', 'tiny_ssd', '--out-dir', 'x'])
+    assert (tiny.model, tiny.epochs) == ('tiny_ssd_128', 16)
     assert model_name('tiny_ssd', 256) == 'tiny_ssd'   # d2l's exact model
     vgg = parse_config(['--network', 'vgg16_atrous', '--out-dir', 'x'])
     assert (vgg.data_shape, vgg.lr, vgg.lr_decay_epochs) == (300, 0.001, [160, 200])
-    assert vgg.pretrained_base is True and cfg.pretrained_base is False   # as GluonCV; TinySSD
+    assert vgg.pretrained_base is True and cfg.pretrained_base is False   # as GluonCV; scratch
     assert parse_config(['--network', 'vgg16_atrous', '--no-pretrained-base',
                          '--out-dir', 'x']).pretrained_base is False
     assert parse_config(['--lr', '0.5', '--out-dir', 'x']).lr == 0.5
@@ -280,17 +284,21 @@ def test_too_small_max_objects_is_refused_before_training(tiny_setup):
 
 
 def test_a_recipe_in_steps_sets_epochs_from_the_batches_per_epoch():
-    """scratch_ssd's length is 580 optimizer steps: ceil(580 / batches per epoch) epochs."""
+    """scratch_ssd's length is 1040 optimizer steps at 192 px: ceil(1040 / batches per epoch)
+    epochs; another input size scales the steps by the pixel count (the same compute)."""
     cfg = parse_config(['--network', 'scratch_ssd', '--out-dir', 'x'])
-    assert (cfg.steps, cfg.epochs, cfg.batch_size) == (580, None, 16)
-    assert engine.schedule_epochs(cfg, 160 // 16) and cfg.epochs == 58    # the raccoon photos
-    assert not engine.schedule_epochs(cfg, 62) and cfg.epochs == 58       # already set: kept
-    synthetic = parse_config(['--network', 'scratch_ssd', '--out-dir', 'x'])
-    assert engine.schedule_epochs(synthetic, 1000 // 16) and synthetic.epochs == 10
+    assert (cfg.steps, cfg.epochs, cfg.batch_size) == (1040, None, 16)
+    assert engine.schedule_epochs(cfg, 160 // 16) and cfg.epochs == 104   # the raccoon photos
+    assert not engine.schedule_epochs(cfg, 62) and cfg.epochs == 104      # already set: kept
+    synthetic = parse_config(['--out-dir', 'x'])
+    assert engine.schedule_epochs(synthetic, 1000 // 16) and synthetic.epochs == 17
     explicit = parse_config(['--network', 'scratch_ssd', '--epochs', '3', '--out-dir', 'x'])
     assert (explicit.epochs, explicit.steps) == (3, None)    # --epochs wins, no steps recorded
     assert not engine.schedule_epochs(explicit, 10) and explicit.epochs == 3
-    default = parse_config(['--out-dir', 'x'])               # tiny_ssd keeps its epochs
+    for shape, steps in ((256, 585), (320, 374)):            # 1040 * (192 / shape) ** 2
+        assert parse_config(['--data-shape', str(shape), '--out-dir', 'x']).steps == steps
+    assert scaled_steps(1040, 'scratch_ssd', 192) == 1040
+    default = parse_config(['--network', 'tiny_ssd', '--out-dir', 'x'])   # epochs, no steps
     assert (default.epochs, default.steps) == (16, None)
 
 
@@ -307,6 +315,6 @@ def test_a_run_records_the_epochs_of_its_steps(tmp_path):
         run.close()
         engine.rundir.release_run_dir(getattr(run, 'run_lock', None))
     saved = json.loads((run_dir / 'config.json').read_text())
-    assert (saved['steps'], saved['epochs']) == (580, 290)
-    assert '580 steps of 2 batches per epoch (40 training images, batch 16): 290 epochs' in \
+    assert (saved['steps'], saved['epochs']) == (1040, 520)
+    assert '1040 steps of 2 batches per epoch (40 training images, batch 16): 520 epochs' in \
         (run_dir / 'train.log').read_text()

@@ -53,15 +53,16 @@ def test_anchor_sizes_span_6_to_90_percent():
 
 
 @pytest.mark.slow
-def test_short_training_run_learns(tmp_path):
+def test_short_training_run_of_the_default_network_learns(tmp_path):
+    """train_ssd.py without --network trains scratch_ssd at 192 px with its own recipe."""
     out = tmp_path / 'scratch'
-    cfg = parse_config(['--network', 'scratch_ssd', '--num-train', '32', '--num-val', '16',
+    cfg = parse_config(['--num-train', '32', '--num-val', '16',
                         '--val-split', 'train', '--batch-size', '8', '--epochs', '3', '-j', '0',
                         '--no-progress', '--num-samples-viz', '1', '--seed', '1',
                         '--dataset-root', str(tmp_path / 'data'), '--out-dir', str(out)])
-    assert (cfg.model, cfg.optimizer, cfg.pretrained_base) == ('scratch_ssd_256', 'adam', False)
+    assert (cfg.model, cfg.optimizer, cfg.pretrained_base) == ('scratch_ssd_192', 'adam', False)
     result = engine.train(cfg)
     losses = [r['loss'] for r in result['records']]
     assert len(losses) == 3 and losses[-1] < losses[0] and np.isfinite(losses).all()
-    assert json.loads((out / 'model.json').read_text())['model'] == 'scratch_ssd_256'
+    assert json.loads((out / 'model.json').read_text())['model'] == 'scratch_ssd_192'
     assert result['final_map'] is not None

@@ -35,7 +35,8 @@ def _env():
 def _small_args(data_root, out_dir, *extra):
     """A ~15 s run: 16 synthetic images, batch 4, 6 epochs, validated on the same 16 images
     (24 steps are too few to beat an untrained net's chance mAP on unseen images)."""
-    return ['--data-shape', '256',   # d2l's exact TinySSD, the size these runs were tuned at
+    # d2l's exact TinySSD, the network and size these runs were tuned at
+    return ['--network', 'tiny_ssd', '--data-shape', '256',
             '--num-train', '16', '--num-val', '16', '--val-split', 'train', '--batch-size', '4',
             '--epochs', '6', '-j', '0', '--seed', '3', '--no-progress', '--num-samples-viz', '2',
             '--dataset-root', str(data_root), '--out-dir', str(out_dir), *extra]
@@ -74,7 +75,7 @@ def _load_script():
 
 @pytest.mark.parametrize('argv, needle', [
     (['--network', 'resnet9000'], '--network'),
-    (['--data-shape', '512'], 'tiny_ssd supports 128, 256'),
+    (['--data-shape', '512'], 'scratch_ssd supports 192, 256, 320'),
     (['--dataset', 'voc', '--dataset-root', '/no/such/folder'], '--dataset-root'),
     (['--cpu-contexts', '3', '--batch-size', '2'], 'smaller than the number of devices'),
 ])

@@ -137,7 +137,7 @@ PRESETS = {name: dict(preset, **_IMAGENET) for name, preset in _PRESETS.items()}
 #: others ``tiny_ssd_<size>``).
 NETWORKS = {
     'tiny_ssd': {'data_shapes': (128, 256), 'datasets': None},
-    'scratch_ssd': {'data_shapes': (256, 192, 320), 'datasets': None},
+    'scratch_ssd': {'data_shapes': (192, 256, 320), 'datasets': None},
     'vgg16_atrous': {'data_shapes': (300, 512), 'datasets': ('voc', 'coco')},
     'resnet18_v1': {'data_shapes': (512,), 'datasets': ('voc', 'coco')},
     'resnet50_v1': {'data_shapes': (512,), 'datasets': ('voc', 'coco')},
