@@ -48,3 +48,14 @@ def _session_cache(factory):
     if "dir" not in _CACHE:
         _CACHE["dir"] = factory.mktemp("gluon_ssd_cache")
     return _CACHE["dir"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_works():
+    """Ctrl-C raises KeyboardInterrupt in the tests and in the training processes they start,
+    even when the test runner was started with SIGINT ignored (a background job of a
+    non-interactive shell inherits SIG_IGN, which Python keeps, and so do its children)."""
+    import signal
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
