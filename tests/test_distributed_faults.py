@@ -139,17 +139,18 @@ def test_guard_with_multiprocess_dataloader_shutdowns():
 
 @pytest.mark.slow
 def test_dist_sync_train_default_loader_workers_under_launcher(tmp_path):
-    """End to end, default ``-j`` (4 loader workers): 2 workers + 1 server, tiny_ssd at 128 px,
-    8 synthetic images, 2 epochs. Before the fix this exited 143 in 4 of 5 runs (or hung)."""
+    """End to end, 4 loader workers (the default ``-j`` with 8 or more cores): 2 workers + 1
+    server, tiny_ssd at 128 px, 8 synthetic images, 2 epochs. Before the fix this exited 143 in 4
+    of 5 runs (or hung)."""
     out = tmp_path / 'run'
     code, text, pids, wall = _run_launcher(
         tmp_path, ['-n', '2', '-s', '1', '--timeout', '180', '--grace', '3'],
         [PY, str(REPO / 'train_ssd.py'), '--kvstore', 'dist_sync', '--network', 'tiny_ssd',
          '--data-shape', '128', '--num-train', '8', '--num-val', '4', '--batch-size', '2',
-         '--epochs', '2', '--no-progress', '--num-samples-viz', '1',
+         '--epochs', '2', '--no-progress', '--num-samples-viz', '1', '-j', '4',
          '--dataset-root', str(tmp_path / 'data'), '--out-dir', str(out)], 240)
     assert code == 0, text[-4000:]
-    assert re.search(r'"num_workers": 4\b', (out / 'config.json').read_text())  # the default -j
+    assert re.search(r'"num_workers": 4\b', (out / 'config.json').read_text())
     assert len(pids) == 4 and not _groups_alive(set(pids)), text[-2000:]
     assert re.search(r'^\[worker\d\] run directory: ', text, re.M), text[-2000:]
     assert '[launch] all workers finished' in text

@@ -10,7 +10,8 @@ from mxnet import autograd
 
 from gluon_ssd import checkpoint as ckpt
 from gluon_ssd import engine
-from gluon_ssd.config import TrainConfig, fill_defaults, parse_config, scaled_steps, validate
+from gluon_ssd.config import (TrainConfig, default_loader_workers, fill_defaults, parse_config,
+                              scaled_steps, validate)
 from gluon_ssd.data.build import EpochBatchSampler, SeededItems, pad_label
 from gluon_ssd.errors import UserError
 from gluon_ssd.loss import SSDMultiBoxLoss
@@ -281,6 +282,12 @@ def test_too_small_max_objects_is_refused_before_training(tiny_setup):
     with pytest.raises(UserError, match=f'--max-objects {most - 1}: a training image has {most}'):
         engine.label_rows(cfg, tiny_setup['train_ds'])
     assert engine.label_rows(replace(cfg, max_objects=most + 5), tiny_setup['train_ds']) == most + 5
+
+
+def test_default_loader_workers_are_gluoncvs_4_at_most_one_per_two_cores():
+    assert [default_loader_workers(c) for c in (1, 2, 3, 4, 6, 8, 64)] == [1, 1, 1, 2, 3, 4, 4]
+    assert parse_config(['--out-dir', 'x']).num_workers == default_loader_workers()
+    assert parse_config(['-j', '0', '--out-dir', 'x']).num_workers == 0
 
 
 def test_a_recipe_in_steps_sets_epochs_from_the_batches_per_epoch():
