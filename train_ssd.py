@@ -165,9 +165,8 @@ def _exit(code):
             if not children or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        from gluon_ssd.distributed import hard_exit
+        hard_exit(code)
     sys.exit(code)
 
 

@@ -34,6 +34,7 @@ from mxnet import autograd, gluon
 
 from bench.train import D2LTinySSD
 from gluon_ssd.data.build import open_datasets
+from gluon_ssd.data.transforms import PadLabels
 from gluon_ssd.errors import UserError, fail, one_line_warnings
 from gluon_ssd.metrics import VOCEvaluator
 
@@ -64,21 +65,13 @@ def resize_item(image, label):
     return data, target, gt, np.array([h, w], np.float32)
 
 
-def _pad(arrays, fill=-1.0):
-    """List of (M_i, K) arrays -> (B, max(1, max M_i), K) NDArray padded with ``fill``."""
-    rows = max([1] + [a.shape[0] for a in arrays])
-    out = np.full((len(arrays), rows, arrays[0].shape[1]), fill, np.float32)
-    for i, a in enumerate(arrays):
-        out[i, :a.shape[0]] = a
-    return mx.nd.array(out)
-
-
 def batchify(items):
     """Items of :func:`resize_item` -> ``(data (B, 3, S, S), target (B, M, 5), gt (B, M', 6),
     hw (B, 2))``; label rows padded with -1 (MultiBoxTarget's padding)."""
     data, target, gt, hw = zip(*items)
     data = mx.nd.stack(*[d.as_in_context(mx.cpu()) for d in data])
-    return data, _pad(target), _pad(gt), mx.nd.array(np.stack(hw))
+    pad = PadLabels()
+    return data, pad(target), pad(gt), mx.nd.array(np.stack(hw))
 
 
 def make_loader(dataset, batch_size, shuffle, workers):
@@ -195,7 +188,8 @@ def run(dataset='voc', root=None, train_split=None, val_split=None, epochs=30, s
             'train_images': len(train_set), 'val_images': len(val_set), 'seed': seed,
             'epochs': epochs, 'batch_size': batch_size, 'nms_thresh': nms_thresh,
             'final_map': None if math.isnan(final) else final,
-            'cpu_s': round(cpu_seconds() - cpu0, 2), 'wall_s': round(time.perf_counter() - wall0, 2),
+            'cpu_s': round(cpu_seconds() - cpu0, 2),
+            'wall_s': round(time.perf_counter() - wall0, 2),
             'maps': [None if math.isnan(m) else m for m in maps], 'map_epochs': map_epochs}
 
 

@@ -67,6 +67,7 @@ NO_PRETRAINED_BASE = ('tiny_ssd', 'scratch_ssd')
 #: weights, so the from-scratch design and recipe (d2l's TinySSD stays ``--network tiny_ssd``).
 DEFAULT_NETWORK = 'scratch_ssd'
 
+
 def default_loader_workers(cpus=None):
     """``-j`` by default: GluonCV's 4 data-loading workers, but at most one per two CPU cores,
     because the workers share the cores with the training step's threads (2 cores, the default
@@ -373,9 +374,9 @@ def fill_defaults(cfg):
         for key, value in source.items():
             # --epochs given: the recipe's length in steps is not used (nor recorded)
             if getattr(cfg, key) is None and not (key == 'steps' and cfg.epochs is not None):
-                setattr(cfg, key, value)
                 if key == 'steps':
-                    cfg.steps = scaled_steps(value, cfg.network, cfg.data_shape)
+                    value = scaled_steps(value, cfg.network, cfg.data_shape)
+                setattr(cfg, key, value)
     if cfg.dataset in DEFAULT_SPLITS:
         train, val = DEFAULT_SPLITS[cfg.dataset]
         cfg.train_split = cfg.train_split or train

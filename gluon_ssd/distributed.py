@@ -70,8 +70,8 @@ import traceback
 
 import numpy as np
 
-__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'heartbeat', 'worker_info',
-           'is_distributed', 'shard_indices', 'ShardSampler', 'global_batch_size']
+__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'hard_exit', 'heartbeat',
+           'worker_info', 'is_distributed', 'shard_indices', 'ShardSampler', 'global_batch_size']
 
 _LOCAL_KVSTORES = ('local', 'device', 'nccl')
 # pid: the process that installed the guard (its handlers act only there); rfd/wfd: the wake-up
@@ -90,7 +90,9 @@ def _flush():
             pass
 
 
-def _hard_exit(code):
+def hard_exit(code):
+    """Flush stdout/stderr and end the process at once with ``code`` (``os._exit``: no
+    finalizers, no exit handlers, no joins)."""
     _flush()
     os._exit(code)  # pylint: disable=protected-access
 
@@ -102,7 +104,7 @@ def _excepthook(exc_type, exc, tb):
                          'ps-lite cannot keep this process alive:\n' % exc_type.__name__)
         traceback.print_exception(exc_type, exc, tb)
     finally:
-        _hard_exit(code)
+        hard_exit(code)
 
 
 def _die_by_default(signum):
@@ -118,7 +120,7 @@ def _signal_handler(signum, _frame):
     if os.getpid() != _GUARD['pid']:  # a forked child that missed the at-fork reset
         _die_by_default(signum)
         return
-    _hard_exit(128 + signum)
+    hard_exit(128 + signum)
 
 
 def _wakeup_reader(fd, pid):
@@ -140,7 +142,7 @@ def _wakeup_reader(fd, pid):
         if not data:
             return
         if data[0] in _GUARD['signums'] and os.getpid() == pid:
-            _hard_exit(128 + data[0])
+            hard_exit(128 + data[0])
 
 
 def _reset_in_forked_child():
@@ -317,7 +319,7 @@ def exit_guard():
         if not isinstance(code, int):
             sys.stderr.write('%s\n' % (code,))
             code = 1
-        _hard_exit(code)
+        hard_exit(code)
     except BaseException:  # pylint: disable=broad-except
         _excepthook(*sys.exc_info())
 

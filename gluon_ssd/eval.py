@@ -129,10 +129,11 @@ def run(args):
         if value < 1:
             raise UserError(f"{flag}: must be positive, got {value}")
     if is_zoo_detector(args.pretrained):     # a zoo detector: its classes, no run directory
-        run_cfg, file_meta, params = None, True, args.pretrained
+        run_cfg, file_meta, weights = None, True, args.pretrained
     else:
         params, file_meta = resolve_source(args.run_dir, args.params or args.pretrained)
-        run_cfg = read_config(os.path.dirname(os.path.abspath(params)))
+        weights = os.path.abspath(params)
+        run_cfg = read_config(os.path.dirname(weights))
     settings = dataset_settings(args, run_cfg)
     if file_meta or args.classes:
         net, meta = model_from_args(args)        # checks the weights before reading data
@@ -147,8 +148,7 @@ def run(args):
     if dropped:
         sys.stderr.write(f"warning: {dropped} detections with NaN/infinite boxes or scores "
                          "(a diverged model?) were ignored\n")
-    return {'model': meta, 'weights': os.path.abspath(params) if not is_zoo_detector(params)
-            else params, 'dataset': settings, 'num_images': len(dataset),
+    return {'model': meta, 'weights': weights, 'dataset': settings, 'num_images': len(dataset),
             'nms_thresh': meta.get('nms_thresh', getattr(net, 'nms_thresh', None)),
             'backend': meta.get('backend', 'mxnet'), 'seconds': round(time.time() - tic, 3),
             'map': {k: v['map'] for k, v in results.items()}, 'metrics': results}
