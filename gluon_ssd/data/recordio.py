@@ -14,6 +14,7 @@ import argparse
 import io
 import os
 import sys
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -180,20 +181,32 @@ class RecordDetection(LoadedItems, gluon.data.Dataset):
         self._classes = tuple(classes)
         self._reader.close()
         self._reader = None
-        self._pid = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
         self.stats = counter.as_dict()
         counter.warn("RecordDetection(%s)" % self._rec)
 
     def _record(self, key):
         # Re-open per process: a reader opened before a fork must not be shared with workers.
-        if self._reader is None or self._pid != os.getpid():
-            self._reader = mx.recordio.MXIndexedRecordIO(self._idx, self._rec, "r")
+        # The reader's seek + read pair is one file position shared by all threads, so a thread
+        # pool loader (``thread_pool=True``) must read under the lock; only the read is locked,
+        # decoding runs in parallel. A fork copies the lock as it was, perhaps held by a thread
+        # that does not exist in the child, so each process makes its own.
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._reader = None
             self._pid = os.getpid()
-        return mx.recordio.unpack(self._reader.read_idx(key))
+        with self._lock:
+            if self._reader is None:
+                self._reader = mx.recordio.MXIndexedRecordIO(self._idx, self._rec, "r")
+            payload = self._reader.read_idx(key)
+        return mx.recordio.unpack(payload)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_reader"] = None
+        state["_lock"] = None
+        state["_pid"] = None
         return state
 
     @property
