@@ -37,7 +37,7 @@ __all__ = ['TrainConfig', 'NETWORK_PRESETS', 'DEFAULT_NETWORK', 'COMMON_DEFAULTS
 # GluonCV's train_ssd.py defaults (SGD, step decay, full SSD augmentation).
 _GLUONCV = dict(optimizer='sgd', lr_mode='step', batch_size=32, lr=0.001, epochs=240,
                 lr_decay_epoch='160,200', warmup_epochs=0, wd=5e-4, max_expand=4,
-                pretrained_base=True)
+                iou_thresh=0.5, pretrained_base=True)
 NETWORK_PRESETS = {
     # tiny_ssd (from scratch, CPU, ~5 min on 1000 synthetic images): Adam converges far faster
     # than SGD here; no zoom-out (its smallest anchor is 20 % of the image). 128 px (zoo name
@@ -45,7 +45,8 @@ NETWORK_PRESETS = {
     # a higher synthetic mAP (0.42 in 14 epochs vs 0.21 in 6 epochs at 256 px).
     'tiny_ssd': dict(optimizer='adam', batch_size=16,
                      lr=0.003, lr_mode='cosine', epochs=16, lr_decay_epoch='12,14',
-                     warmup_epochs=0.5, wd=5e-4, max_expand=1, pretrained_base=False),
+                     warmup_epochs=0.5, wd=5e-4, max_expand=1, iou_thresh=0.5,
+                     pretrained_base=False),
     # scratch_ssd (model/scratch.py: BatchNorm everywhere, anchors 6-90 %). Adam + cosine beat
     # SGD at equal epochs; zoom-out up to 2x. Its length is a number of optimizer steps, as
     # detection schedules are (epochs = ceil(steps / batches per epoch): engine.schedule_epochs),
@@ -55,9 +56,9 @@ NETWORK_PRESETS = {
     # as many images per second: final VOC07 mAP, 3 seeds, 0.678 +- 0.021 in 1040 steps at 192
     # (104 epochs, ~530 CPU s with one thread) vs 0.681 +- 0.016 in 580 steps at 256; d2l's
     # recipe 0.477 (30 epochs, 617 CPU s with one thread). README: "Training from scratch".
-    'scratch_ssd': dict(optimizer='adam', batch_size=16, lr=0.003, lr_mode='cosine', steps=1040,
+    'scratch_ssd': dict(optimizer='adam', batch_size=16, lr=0.006, lr_mode='cosine', steps=1040,
                         lr_decay_epoch='', warmup_epochs=1, wd=5e-4, max_expand=2,
-                        pretrained_base=False),
+                        iou_thresh=0.3, pretrained_base=False),
 }
 # Every network of the zoo with an ImageNet base trains with GluonCV's recipe.
 NETWORK_PRESETS.update({name: dict(_GLUONCV) for name in NETWORKS if name not in NETWORK_PRESETS})
@@ -127,6 +128,9 @@ class TrainConfig:
     init: str = 'xavier'
     decoder: str = 'per_class'
     max_expand: float = None
+    # Anchor matching: an anchor whose IoU with a box reaches this is a positive for it (besides
+    # each box's best anchor); 0.5 in the SSD paper and GluonCV.
+    iou_thresh: float = None
     pretrained_base: bool = None
     pretrained: str = ''
     # The zoo preset trained (filled from network / data shape / dataset or --pretrained).
@@ -248,6 +252,9 @@ def build_parser():
       help='detection decoding: every class per anchor (GluonCV) or the best class only')
     a('--max-expand', type=float,
       help='largest zoom-out of the SSD augmentation (4 as the paper/GluonCV; 1 = off)')
+    a('--iou-thresh', type=float,
+      help='anchor-matching IoU: anchors overlapping a box at least this much learn it '
+           '(besides each box\'s best anchor); 0.5 as the paper/GluonCV; default: the network preset')
     a('--max-objects', type=int, default=0,
       help='pad labels to this many boxes (0 = the most in any training image)')
     a('--num-train', type=int, default=0, help='use only the first N training images (0 = all)')
@@ -302,6 +309,8 @@ def restore_for_resume(cfg, explicit):
     if saved is None:
         return cfg
     saved.pop('classes', None)
+    # runs saved before --iou-thresh existed matched anchors at GluonCV's 0.5
+    saved.setdefault('iou_thresh', 0.5)
     try:
         restored = TrainConfig.from_dict(saved)
     except (UserError, TypeError) as exc:
@@ -428,6 +437,8 @@ def validate(cfg):
         _check_number(cfg, name, allow_zero=True)
     if cfg.momentum >= 1:
         raise UserError(f"--momentum: must be below 1 (SGD diverges otherwise), got {cfg.momentum}")
+    if not 0 < cfg.iou_thresh <= 1:
+        raise UserError(f"--iou-thresh: must be in (0, 1], got {cfg.iou_thresh}")
     if cfg.max_expand < 1:
         raise UserError(f"--max-expand: the largest zoom-out is at least 1 (1 = off), got "
                         f"{cfg.max_expand}")

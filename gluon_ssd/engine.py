@@ -192,7 +192,8 @@ def build_graph(cfg, net, max_objects):
     normaliser. The label padding ``max_objects`` lets the target generator trace its fast
     bipartite step."""
     normalizer = SSDMultiBoxLoss(normalization=cfg.loss_norm)
-    graph = TrainGraph(net, SSDTargetGenerator(max_objects=max_objects), normalizer.terms)
+    targets = SSDTargetGenerator(iou_thresh=cfg.iou_thresh, max_objects=max_objects)
+    graph = TrainGraph(net, targets, normalizer.terms)
     if cfg.amp_dtype == 'bfloat16':   # the training graph and the validation graph
         graph.set_precision('bfloat16')
         net.set_precision('bfloat16')

@@ -218,7 +218,7 @@ def test_bad_configuration_messages(argv, flag):
 def test_defaults_come_from_network_preset():
     cfg = parse_config(['--out-dir', 'x'])     # no --network: the from-scratch SSD and recipe
     assert (cfg.network, cfg.data_shape, cfg.dataset) == ('scratch_ssd', 192, 'synthetic')
-    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.steps) == ('scratch_ssd_192', 'adam', 0.003,
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.steps) == ('scratch_ssd_192', 'adam', 0.006,
                                                              1040)
     tiny = parse_config(['--network', 'tiny_ssd', '--out-dir', 'x'])
     assert (tiny.model, tiny.epochs) == ('tiny_ssd_128', 16)
@@ -236,6 +236,8 @@ def test_defaults_come_from_network_preset():
     (['--lr', 'nan'], '--lr'), (['--lr', 'inf'], '--lr'), (['--wd', 'nan'], '--wd'),
     (['--momentum', '5'], '--momentum'), (['--seed', '-1'], '--seed'),
     (['--max-expand', '0.5'], '--max-expand'), (['--gpus', 'x'], '--gpus'),
+    (['--iou-thresh', '0'], '--iou-thresh'), (['--iou-thresh', '1.5'], '--iou-thresh'),
+    (['--iou-thresh', 'nan'], '--iou-thresh'),
 ])
 def test_numeric_flags_reject_nan_inf_and_nonsense(argv, flag):
     with pytest.raises(UserError) as err:
@@ -282,6 +284,17 @@ def test_too_small_max_objects_is_refused_before_training(tiny_setup):
     with pytest.raises(UserError, match=f'--max-objects {most - 1}: a training image has {most}'):
         engine.label_rows(cfg, tiny_setup['train_ds'])
     assert engine.label_rows(replace(cfg, max_objects=most + 5), tiny_setup['train_ds']) == most + 5
+
+
+def test_anchor_matching_iou_is_recipe_data_and_reaches_the_target_generator():
+    from gluon_ssd.config import NETWORK_PRESETS
+    cfg = parse_config(['--out-dir', 'x'])
+    assert cfg.iou_thresh == NETWORK_PRESETS['scratch_ssd']['iou_thresh'] < 0.5
+    for network in ('tiny_ssd', 'vgg16_atrous'):   # d2l's and GluonCV's 0.5
+        assert parse_config(['--network', network, '--out-dir', 'x']).iou_thresh == 0.5
+    cfg = parse_config(['--iou-thresh', '0.45', '--out-dir', 'x'])
+    graph, _ = engine.build_graph(cfg, engine.build_net(cfg, ['a'], [mx.cpu()]), 3)
+    assert graph.target_generator._iou_thresh == 0.45   # pylint: disable=protected-access
 
 
 def test_default_loader_workers_are_gluoncvs_4_at_most_one_per_two_cores():

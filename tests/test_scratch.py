@@ -9,7 +9,7 @@ from mxnet import autograd, gluon
 
 from gluon_ssd import engine, get_model
 from gluon_ssd.config import parse_config
-from gluon_ssd.model.scratch import ScratchSSDFeatures
+from gluon_ssd.model.scratch import BN_MOMENTUM, ScratchSSDFeatures
 
 
 @pytest.mark.parametrize('size, maps, anchors', [(256, [32, 16, 8, 4, 2, 1], 5460),
@@ -39,6 +39,25 @@ def test_batchnorm_after_every_convolution_and_in_the_heads():
     assert net.head_norms is not None and len(net.head_norms) == 6
     assert isinstance(net.head_norms[0][1], gluon.nn.BatchNorm)
     assert isinstance(net.features, ScratchSSDFeatures)
+    net.head_norms.apply(blocks.append)
+    norms = [b for b in blocks if isinstance(b, gluon.nn.BatchNorm)]
+    assert {b._kwargs['momentum'] for b in norms} == {BN_MOMENTUM} and BN_MOMENTUM == 0.99
+
+
+def test_running_statistics_move_by_one_minus_the_momentum_per_training_step():
+    """The running statistics (inference only) average ~100 batches: each training step moves
+    them 1 % of the way to the batch's statistics (MXNet updates them in the backward pass)."""
+    feats = ScratchSSDFeatures(bn_momentum=BN_MOMENTUM)
+    feats.initialize()
+    x = mx.nd.random.uniform(shape=(2, 3, 64, 64))
+    with autograd.record():
+        total = mx.nd.add_n(*[o.sum() for o in feats(x)])
+    total.backward()
+    first = feats.stem[0].down[1]                      # stage 0's BatchNorm, mean starts at 0
+    conv = feats.stem[0].down[0](x).asnumpy()
+    np.testing.assert_allclose(first.running_mean.data().asnumpy(),
+                               (1 - BN_MOMENTUM) * conv.mean(axis=(0, 2, 3)), rtol=1e-3,
+                               atol=1e-6)
 
 
 def test_anchor_sizes_span_6_to_90_percent():

@@ -204,6 +204,16 @@ def test_resume_refuses_a_flag_that_contradicts_the_run(baseline, flag, value):
 
 
 @pytest.mark.slow
+def test_resume_of_a_run_saved_before_iou_thresh_keeps_gluoncvs_matching(baseline, tmp_path):
+    run = tmp_path / 'old'
+    shutil.copytree(baseline['out'], run)
+    saved = json.loads((run / 'config.json').read_text())
+    del saved['iou_thresh']
+    (run / 'config.json').write_text(json.dumps(saved))
+    assert parse_config(['--resume', str(run)]).iou_thresh == 0.5
+
+
+@pytest.mark.slow
 def test_resume_records_accepted_changes_in_config_json(baseline, tmp_path):
     run = tmp_path / 'longer'
     shutil.copytree(baseline['out'], run)

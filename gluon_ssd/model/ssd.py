@@ -77,15 +77,16 @@ def _reuse_mapping(reuse_weights, old_classes, new_classes):
                      f"list of class names, got {type(reuse_weights).__name__}")
 
 
-def _norm_head(channels, initializer):
-    """3x3 conv (no bias) -> BatchNorm -> ReLU, ``(B, C, h, w) -> (B, C, h, w)``."""
+def _norm_head(channels, initializer, momentum):
+    """3x3 conv (no bias) -> BatchNorm (running statistics' ``momentum``) -> ReLU,
+    ``(B, C, h, w) -> (B, C, h, w)``."""
     if not channels:
         raise ValueError("head_norm=True needs the channels of every feature map")
     block = nn.HybridSequential(prefix='')
     with block.name_scope():
         block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=channels,
                             weight_initializer=initializer))
-        block.add(nn.BatchNorm(in_channels=channels))
+        block.add(nn.BatchNorm(in_channels=channels, momentum=momentum))
         block.add(nn.Activation('relu'))
     return block
 
@@ -165,6 +166,8 @@ class SSD(PrecisionMixin, HybridBlock):
         map. ``True`` (for training from scratch, as ScratchDet): every map first goes through a
         3x3 conv (no bias) -> BatchNorm -> ReLU of ``C_k`` channels that both predictors read
         (attribute ``head_norms``). Needs ``num_filters_per_map``.
+    bn_momentum : float
+        Momentum of the running statistics of the ``head_norm`` BatchNorms (MXNet's 0.9).
     init : 'xavier', 'uniform', 'normal' or an ``mx.init.Initializer``
         Initializer of the weights of the *added* layers (predictors and extra feature layers):
         ``xavier`` = ``Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)``,
@@ -187,7 +190,8 @@ class SSD(PrecisionMixin, HybridBlock):
     def __init__(self, features, num_filters_per_map, sizes, ratios, steps, classes, im_size,
                  stds=(0.1, 0.1, 0.2, 0.2), nms_thresh=0.45, nms_topk=400, post_nms=100,
                  decoder='per_class', init='xavier', anchor_generator=None,
-                 predictor_kernel=(3, 3), predictor_pad=(1, 1), head_norm=False, **kwargs):
+                 predictor_kernel=(3, 3), predictor_pad=(1, 1), head_norm=False, bn_momentum=0.9,
+                 **kwargs):
         super().__init__(**kwargs)
         num_layers = len(sizes)
         if num_layers == 0:
@@ -226,7 +230,7 @@ class SSD(PrecisionMixin, HybridBlock):
                 anchors = anchor_generator(size, ratio, step, self._im_size)
                 self.anchor_generators.add(anchors)
                 if head_norm:
-                    self.head_norms.add(_norm_head(in_channels, self._initializer))
+                    self.head_norms.add(_norm_head(in_channels, self._initializer, bn_momentum))
                 self.class_predictors.add(ConvPredictor(
                     anchors.num_anchors * (len(classes) + 1), in_channels=in_channels,
                     weight_initializer=self._initializer, **self._predictor_geometry))

@@ -13,7 +13,9 @@ A preset is a dict:
 * ``mean`` / ``std``: the input normalisation, ``(x / 255 - mean) / std`` per RGB channel;
 * optional: ``anchor_layout`` (``'lite'``: ``ssd.LiteAnchorGenerator``, whose first layer has
   only the size ``s_0``), ``predictor_kernel`` (3 unless given; padding ``kernel // 2``),
-  ``transfer`` (custom presets: ``{dataset: trained preset}`` for ``get_model(transfer=...)``).
+  ``transfer`` (custom presets: ``{dataset: trained preset}`` for ``get_model(transfer=...)``),
+  ``head_norm`` (``SSD(head_norm=...)``, default ``False``) and ``bn_momentum`` (of the head
+  norms' BatchNorms, default MXNet's 0.9).
 
 The GluonCV presets copy the numbers of GluonCV 0.10.5 so that the networks and anchors are
 identical (including its quirks: e.g. the 300 px MobileNet0.25 presets lay 19x19 maps out with
@@ -28,6 +30,7 @@ from gluon_ssd.anchors import ssd_sizes
 from gluon_ssd.errors import UserError
 from gluon_ssd.model.backbones import IMAGENET_MEAN, IMAGENET_STD, get_backbone
 from gluon_ssd.model.classes import CLASS_SETS
+from gluon_ssd.model.scratch import BN_MOMENTUM as SCRATCH_BN_MOMENTUM
 from gluon_ssd.model.ssd import SSD, LiteAnchorGenerator
 
 __all__ = ['PRESETS', 'NETWORKS', 'INT8_MODELS', 'list_models', 'get_model_list', 'get_preset',
@@ -87,7 +90,8 @@ def _custom(prefix, preset, datasets=('voc', 'coco')):
 _SCRATCH_S = [0.06, 0.12, 0.24, 0.45, 0.7, 0.9, 1.0]
 _SCRATCH = {'base': 'scratch_ssd_base',
             'rel_sizes': [[a, round((a * b) ** 0.5, 4)] for a, b in zip(_SCRATCH_S, _SCRATCH_S[1:])],
-            'ratios': [_R3] * 6, 'head_norm': True, 'classes': 'object'}
+            'ratios': [_R3] * 6, 'head_norm': True, 'bn_momentum': SCRATCH_BN_MOMENTUM,
+            'classes': 'object'}
 
 
 def _scratch_steps(size):
@@ -300,7 +304,8 @@ def get_model(name, pretrained=False, classes=None, pretrained_base=False, root=
               preset['ratios'], preset['steps'], classes, preset['data_size'],
               anchor_generator=LiteAnchorGenerator if preset.get('anchor_layout') == 'lite'
               else None, predictor_kernel=(size, size), predictor_pad=(size // 2, size // 2),
-              head_norm=preset.get('head_norm', False), **kwargs)
+              head_norm=preset.get('head_norm', False),
+              bn_momentum=preset.get('bn_momentum', 0.9), **kwargs)
     if path:
         from gluon_ssd.model.gluoncv_weights import load_ssd_weights
         load_ssd_weights(net, path, what=name, ctx=ctx)
