@@ -297,6 +297,31 @@ def test_anchor_matching_iou_is_recipe_data_and_reaches_the_target_generator():
     assert graph.target_generator._iou_thresh == 0.45   # pylint: disable=protected-access
 
 
+def test_running_statistics_average_a_tenth_of_the_schedule_between_10_and_100_batches():
+    assert engine.running_stats_momentum(0.99, 1040) == 0.99       # the default recipe
+    assert engine.running_stats_momentum(0.99, 60) == 0.9          # a 6-epoch raccoon run
+    assert engine.running_stats_momentum(0.99, 400) == pytest.approx(0.975)
+    for steps in (60, 400, 1040):     # what is left of the initial statistics at the end
+        assert engine.running_stats_momentum(0.99, steps) ** steps < 0.01
+
+
+@pytest.mark.parametrize('argv, momentum', [([], '0.99'), (['--epochs', '1'], '0.9')])
+def test_the_training_graph_uses_the_runs_running_stats_momentum(tmp_path, argv, momentum):
+    cfg = parse_config(['--dataset-root', str(tmp_path / 'data'), '--num-train', '16',
+                        '--num-val', '4', '-j', '0', '--out-dir', str(tmp_path / 'r'),
+                        '--no-progress'] + argv)
+    run = engine.Run(cfg, [mx.cpu()])
+    run.setup()
+    try:
+        data, label = next(iter(run.train_loader))
+        run.step(data, label)
+        graph = json.loads(run.graph._cached_graph[1].tojson())  # pylint: disable=protected-access
+        moms = {n['attrs']['momentum'] for n in graph['nodes'] if n['op'] == 'BatchNorm'}
+        assert moms == {momentum}
+    finally:
+        run.close()
+
+
 def test_default_loader_workers_are_gluoncvs_4_at_most_one_per_two_cores():
     assert [default_loader_workers(c) for c in (1, 2, 3, 4, 6, 8, 64)] == [1, 1, 1, 2, 3, 4, 4]
     assert parse_config(['--out-dir', 'x']).num_workers == default_loader_workers()

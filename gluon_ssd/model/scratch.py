@@ -28,8 +28,9 @@ SCRATCH_WIDTHS = {
 #: ones only serve inference, and with 0.9 they average about the last 10 batches. That was too
 #: few: with the weights frozen by the end of the schedule (learning rate ~0), the raccoon
 #: test mAP of consecutive epochs still swung between 0.51 and 0.76, and recomputing the
-#: statistics over 20-100 batches gave 0.64-0.66. 0.99 averages about 100 batches, the last
-#: ~1.6 epochs of the synthetic set or ~10 of the raccoon photos.
+#: statistics over 20-100 batches gave 0.64-0.66. 0.99 averages about 100 batches. It is the
+#: longest average: train_ssd.py lowers it for short runs (engine.running_stats_momentum), since
+#: the average starts from mean 0 / variance 1 and keeps ``momentum ** steps`` of them.
 BN_MOMENTUM = 0.99
 
 
