@@ -165,6 +165,9 @@ def test_05_your_own_data(tmp_path, monkeypatch):
     # the headline is the final epoch's: eval.json evaluated last.params
     evaluated = json.loads((run / 'eval.json').read_text())['weights']
     assert evaluated.endswith('nb05_quick/last.params')
+    # ... and the same weights are exported
+    exported = json.loads((run / 'export' / 'detector-meta.json').read_text())['source_params']
+    assert exported.endswith('nb05_quick/last.params')
     assert res['predicted_images'] == 3
     assert res['export_same_ids'] and res['export_max_box_diff'] < 1e-3
     assert count_images(nb) >= 4

@@ -19,7 +19,8 @@
 #
 # Quick mode (`GLUON_SSD_QUICK=1`) trains on 8 images for one epoch: every step runs, the numbers
 # are meaningless. Full mode trains with the default recipe: `scratch_ssd` at 192 px for 1040
-# optimizer steps, which is 104 epochs of the 160 raccoon photos (about 9 minutes on 2 CPU cores).
+# optimizer steps, which is 104 epochs of the 160 raccoon photos (measured on 2 CPU cores: 451 s of
+# training, 463 s for the whole notebook; final-epoch VOC07 mAP 0.736 on the 40 test photos).
 
 # %%
 import json
@@ -133,7 +134,8 @@ display(Image(filename=str(RUN / 'detections.png'), width=900))
 # `best.params` and evaluates on the run's validation split (override with `--dataset`,
 # `--dataset-root`, `--val-split`). Here the validation split is also the test split, and picking
 # the best of 104 epochs on it flatters the number, so we evaluate the **final** epoch's weights
-# with `--params RUN/last.params`: the honest headline.
+# with `--params RUN/last.params`: the honest headline. Prediction and export below use the same
+# weights (`--params`, default `best.params` with `--run-dir`).
 # Boxes are compared in the original image pixels. The JSON result goes to stdout (and `--out`),
 # a per-class AP table to stderr.
 
@@ -158,7 +160,8 @@ RESULTS['eval_images'] = result['num_images']
 val_ids = (DATA / 'ImageSets' / 'Main' / f'{VAL_SPLIT}.txt').read_text().split()[:3]
 images = [next(p for p in (DATA / 'JPEGImages').glob(i + '.*')) for i in val_ids]
 preds = json.loads(shell(sys.executable, '-m', 'gluon_ssd.predict', *images, '--run-dir', RUN,
-                         '--thresh', '0.3', '--out-dir', RUN / 'predictions'))
+                         '--params', RUN / 'last.params', '--thresh', '0.3',
+                         '--out-dir', RUN / 'predictions'))
 for p in preds:
     best = sorted(p['detections'], key=lambda d: -d['score'])[:3]
     print(Path(p['image']).name, f"{p['width']}x{p['height']}:",
@@ -183,7 +186,7 @@ RESULTS['predicted_images'] = len(preds)
 # %%
 prefix = RUN / 'export' / 'detector'
 files = json.loads(shell(sys.executable, '-m', 'gluon_ssd.export', '--run-dir', RUN,
-                         '--out', prefix))
+                         '--params', RUN / 'last.params', '--out', prefix))
 print(json.dumps(files, indent=1))
 meta = json.loads(Path(f'{prefix}-meta.json').read_text())
 print('meta:', json.dumps(meta)[:300])
@@ -191,7 +194,7 @@ print('meta:', json.dumps(meta)[:300])
 deployed = mx.gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'], f'{prefix}-0000.params')
 from gluon_ssd.model.io import input_transform, load_model   # noqa: E402
 
-net, info = load_model(run_dir=str(RUN))
+net, info = load_model(params=str(RUN / 'last.params'), run_dir=str(RUN))
 img, label = val_set[0]
 x, _ = input_transform(info)(img, label)
 x = x.expand_dims(0)
