@@ -385,14 +385,19 @@ def test_interrupt_with_loader_workers_is_one_line_and_resumable(reference, data
 
 def test_forked_loader_workers_keep_the_default_sigterm():
     """A worker forked while train_ssd.py's SIGTERM handler is installed must die of SIGTERM
-    even when blocked in C (a Python handler there never ran: the pool's terminate() hung)."""
+    even when blocked in C (a Python handler there never ran: the pool's terminate() hung), and
+    with the training process (an orphan replacement worker once held the run's stderr open)."""
     script = _script()
     restore = script._install_sigterm()
     try:
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         pid = os.fork()
         if pid == 0:   # pragma: no cover (child)
-            os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
+            import ctypes
+            death = ctypes.c_int(0)       # and it dies with its parent (prctl PR_GET_PDEATHSIG)
+            ctypes.CDLL(None).prctl(2, ctypes.byref(death))
+            os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+                     and death.value == signal.SIGKILL else 1)
         _, status = os.waitpid(pid, 0)
     finally:
         restore()
