@@ -31,7 +31,7 @@ class _Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-_SIGTERM = {'handler': None, 'at_fork': False, 'pid': None}
+_SIGTERM = {'handler': None, 'at_fork': False, 'die_with_parent': None}
 
 # The interrupted run's exception, kept until the process ends: its traceback holds the run's data
 # loaders, and collecting a loader terminates its worker pool, which blocks forever on the pool's
@@ -51,23 +51,11 @@ def _child_default_sigterm():
         os._exit(0)
     if _SIGTERM['handler'] is not None and signal.getsignal(signal.SIGTERM) is _SIGTERM['handler']:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _die_with_parent(_SIGTERM['pid'])
-
-
-def _die_with_parent(parent):
-    """Linux: the kernel kills this forked worker when the thread that forked it ends. A pool
-    can fork a replacement worker in the instant the interrupted script leaves with os._exit;
-    such an orphan waited forever on its task queue, holding the run's stderr open (CI saw
-    it once in ~20 runs of the process-group SIGTERM test). ``parent``: the training process's
-    pid; if it is already gone, leave at once."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):        # not Linux: the kill loop of _exit has to do
-        return
-    if parent is not None and os.getppid() != parent:
-        os._exit(0)
+        # ... and it dies with the training process: a pool can fork a replacement worker in the
+        # instant the interrupted script leaves with os._exit, and that orphan waited forever on
+        # its task queue holding the run's stderr open (CI saw it once)
+        if _SIGTERM['die_with_parent'] is not None:
+            _SIGTERM['die_with_parent']()
 
 
 def _install_sigterm():
@@ -79,7 +67,8 @@ def _install_sigterm():
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:                       # not the main thread: leave signals alone
         return lambda: None
-    _SIGTERM['handler'], _SIGTERM['pid'] = handler, os.getpid()
+    from gluon_ssd.distributed import die_with_parent_hook
+    _SIGTERM['handler'], _SIGTERM['die_with_parent'] = handler, die_with_parent_hook()
     if not _SIGTERM['at_fork'] and hasattr(os, 'register_at_fork'):
         os.register_at_fork(after_in_child=_child_default_sigterm)
         _SIGTERM['at_fork'] = True

@@ -70,8 +70,9 @@ import traceback
 
 import numpy as np
 
-__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'hard_exit', 'heartbeat',
-           'worker_info', 'is_distributed', 'shard_indices', 'ShardSampler', 'global_batch_size']
+__all__ = ['create_kvstore', 'install_crash_guard', 'exit_guard', 'hard_exit',
+           'die_with_parent_hook', 'heartbeat', 'worker_info', 'is_distributed', 'shard_indices',
+           'ShardSampler', 'global_batch_size']
 
 _LOCAL_KVSTORES = ('local', 'device', 'nccl')
 # pid: the process that installed the guard (its handlers act only there); rfd/wfd: the wake-up
@@ -95,6 +96,28 @@ def hard_exit(code):
     finalizers, no exit handlers, no joins)."""
     _flush()
     os._exit(code)  # pylint: disable=protected-access
+
+
+def die_with_parent_hook():
+    """A function to run in a child process (a ``preexec_fn``, or an at-fork hook) that makes the
+    child get SIGKILL when the thread of this process that started it ends (Linux
+    ``prctl(PR_SET_PDEATHSIG)``); ``None`` where that does not exist. Call it in the parent: it
+    records the parent's pid, and a child whose parent is already gone kills itself at once."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def hook():
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
 
 
 def _excepthook(exc_type, exc, tb):

@@ -77,6 +77,7 @@ import tempfile
 import threading
 import time
 
+from gluon_ssd.distributed import die_with_parent_hook
 from gluon_ssd.errors import EXIT_USAGE, UserError, fail
 
 __all__ = ['main', 'build_parser', 'parse_args', 'free_port', 'role_env', 'check_port', 'Job',
@@ -229,26 +230,6 @@ def parse_args(argv=None):
         parser.error('--grace must be >= 0')
     args.command = command
     return args
-
-
-def _die_with_parent_preexec():
-    """A ``preexec_fn`` making the child get SIGKILL when the launcher dies (Linux
-    ``prctl(PR_SET_PDEATHSIG)``), or ``None`` where that does not exist."""
-    if not sys.platform.startswith('linux'):
-        return None
-    try:
-        import ctypes  # pylint: disable=import-outside-toplevel
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec():
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the launcher died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-    return preexec
 
 
 def _read_stat(pid):
@@ -415,7 +396,7 @@ class Job:
         self.lock = threading.Lock()
         self.children = []
         self._stop_signal = None
-        self._preexec = _die_with_parent_preexec()
+        self._preexec = die_with_parent_hook()
         self._watchdog = None
         self._state_dir = None
         self._next_sample = 0.0
