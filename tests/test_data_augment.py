@@ -175,3 +175,92 @@ def test_train_transform_equals_gluoncv_synthetic():
                                                          lambda: ref(img, label), seed)
                 np.testing.assert_array_equal(a_img.asnumpy(), b_img.asnumpy())
                 np.testing.assert_array_equal(a_lb, b_lb.reshape(-1, 6))
+
+
+def _gluoncv_hue_turn(alpha):
+    """GluonCV's hue matrix for its drawn ``alpha`` (applied as ``rgb @ t``), written out from
+    its definition: a rotation by ``alpha * pi`` radians in the YIQ chroma plane."""
+    u, w = np.cos(alpha * np.pi), np.sin(alpha * np.pi)
+    rotate = np.array([[1.0, 0.0, 0.0], [0.0, u, -w], [0.0, w, u]])
+    tyiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+    ityiq = np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.107, 1.705]])
+    return np.dot(np.dot(ityiq, rotate), tyiq).T
+
+
+def test_photometric_hue_is_gluoncvs_turn_in_degrees():
+    # one hue step alone: GluonCV turns by alpha * pi radians, ours by alpha degrees
+    for degrees in (-18.0, -5.5, 0.0, 7.0, 18.0):
+        turn = augment._hue_turn(degrees)
+        ref = _gluoncv_hue_turn(degrees / 180.0).T
+        np.testing.assert_allclose(turn, ref, atol=2e-3)   # GluonCV's rounded YIQ inverse
+        np.testing.assert_allclose(augment._LUMA @ turn, augment._LUMA, atol=1e-12)  # luma kept
+
+
+def test_photometric_without_hue_equals_gluoncv():
+    """Brightness, contrast and saturation: the same numpy draws and the same pixels as GluonCV
+    (an image whose values stay inside 0-255, where our final clip does nothing); hue off."""
+    from gluoncv.data.transforms.experimental.image import random_color_distort
+    rng = np.random.RandomState(3)
+    img = rng.uniform(90, 110, (9, 7, 3)).astype(np.float32)
+    for seed in range(40):
+        (m, b), ref = _run_both(lambda: augment.photometric_matrix(hue_degrees=0),
+                                lambda: random_color_distort(mx.nd.array(img), hue_delta=0),
+                                seed)
+        # GluonCV's zero hue turn is not quite the identity (its YIQ inverse is rounded to 3
+        # digits: ~0.3 % off); a wrong factor would be off by several per cent
+        np.testing.assert_allclose(augment.apply_photometric(img, m, b), ref.asnumpy(),
+                                   rtol=5e-3)
+
+
+def test_photometric_hue_stays_within_its_angle():
+    red = np.array([[[160.0, 90.0, 90.0]]], np.float32)   # turns stay inside 0-255
+    y, i, q = augment._RGB_TO_YIQ @ red[0, 0]
+    for seed in range(200):
+        _seed(seed)
+        m, b = augment.photometric_matrix(brightness_delta=0, contrast=(1, 1), saturation=(1, 1),
+                                          hue_degrees=18)
+        out = augment.apply_photometric(red, m, b)[0, 0]
+        y2, i2, q2 = augment._RGB_TO_YIQ @ out
+        turned = np.degrees(np.arctan2(q2, i2) - np.arctan2(q, i))
+        assert abs((turned + 180) % 360 - 180) <= 18 + 1e-6
+        assert abs(y2 - y) < 1e-3
+
+
+def test_photometric_clips_to_pixel_range():
+    img = np.array([[[250.0, 5.0, 128.0]]], np.float32)
+    out = augment.apply_photometric(img, 2 * np.eye(3), np.full(3, -20.0))
+    np.testing.assert_allclose(out, [[[255, 0, 236]]])
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize('photometric', ['none', 'paper'])
+def test_numpy_train_path_has_gluoncvs_geometry(photometric, monkeypatch):
+    """The 'none' / 'paper' modes run the same geometric steps and draws as the GluonCV path:
+    with the colour distortion of both turned off, equal boxes and (up to the uint8 rounding of
+    the resize) equal pixels; 'paper' only changes colours."""
+    from gluon_ssd.data import transforms
+    # a smooth picture: on noise, cubic and Lanczos overshoot 0-255, which uint8 clips
+    yy, xx = np.mgrid[0:120, 0:160]
+    img = np.stack([128 + 80 * np.sin(xx / 17.0), 128 + 80 * np.cos(yy / 13.0),
+                    128 + 60 * np.sin((xx + yy) / 29.0)], axis=2)
+    img = mx.nd.array(np.round(img), dtype=np.uint8)
+    label = np.array([[10, 20, 60, 90, 1, 0], [80, 5, 150, 50, 0, 0], [30, 60, 45, 80, 2, 0]],
+                     np.float32)
+    monkeypatch.setattr(transforms.experimental.image, 'random_color_distort',
+                        lambda src: src.astype('float32'))
+    monkeypatch.setattr(augment, 'photometric_matrix', lambda: (np.eye(3), np.zeros(3)))
+    ref = SSDTrainTransform(96, 96, max_expand=3)
+    ours = SSDTrainTransform(96, 96, max_expand=3, photometric=photometric)
+    for seed in range(12):
+        (a_img, a_lb), (b_img, b_lb) = _run_both(lambda: ours(img, label),
+                                                 lambda: ref(img, label), seed)
+        assert a_img.shape == (3, 96, 96) and a_img.dtype == np.float32
+        np.testing.assert_array_equal(a_lb, b_lb)
+        # two levels: the uint8 resize rounds (0.5) and the zoom-out fill is the mean colour
+        # rounded to uint8 (123 for 123.675), in normalised units
+        np.testing.assert_allclose(a_img.asnumpy(), b_img.asnumpy(), atol=2 / (255 * 0.224))
+
+
+def test_train_transform_rejects_unknown_photometric():
+    with pytest.raises(ValueError, match='photometric'):
+        SSDTrainTransform(64, 64, photometric='caffe')

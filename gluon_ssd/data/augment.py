@@ -1,23 +1,28 @@
 """Fast SSD augmentation steps, output-identical to GluonCV 0.10.5's functions.
 
-Each function here consumes the global random generators (Python ``random``, legacy
+Each geometric function here consumes the global random generators (Python ``random``, legacy
 ``numpy.random``) exactly as the GluonCV function named in its docstring does: the same draws, in
 the same order, and the same number of them, so with equal generator states the results are
 equal element for element and the generators end in the same states. Only the work done around
 the draws is cheaper (vectorised IoU tests, fewer per-call overheads).
 
+The colour distortion (:func:`photometric_matrix`) makes GluonCV's draws too but is the SSD
+paper's, not GluonCV's: its hue angle is in degrees (GluonCV's turns the hue by any angle).
+
 Conventions: boxes are ``(M, 4+)`` arrays ``[xmin, ymin, xmax, ymax, ...]`` in pixels (corner
 format); extra columns (class id, difficult, ...) are carried along unchanged. Images are HWC
-``mx.nd.NDArray``.
+``mx.nd.NDArray`` (:func:`random_expand` and :func:`random_flip_x` also take numpy arrays).
 """
 import functools
 import math
 import random
 
+import cv2
 import mxnet as mx
 import numpy as np
 
 __all__ = ["SSD_CROP_CONSTRAINTS", "random_crop_with_constraints", "crop_boxes", "random_expand",
+           "photometric_matrix", "apply_photometric",
            "random_flip_x"]
 
 #: IoU ranges ``(min_iou, max_iou)`` of the SSD paper's crop sampler (``None`` = unbounded).
@@ -257,7 +262,7 @@ def random_expand(src, max_ratio=4, fill=0):
 
     Parameters
     ----------
-    src : mx.nd.NDArray (H, W, C)
+    src : mx.nd.NDArray or np.ndarray (H, W, C)
     max_ratio : float
         Largest side ratio canvas / image (same ratio for both sides).
     fill : number or length-C sequence
@@ -265,7 +270,7 @@ def random_expand(src, max_ratio=4, fill=0):
 
     Returns
     -------
-    (mx.nd.NDArray (H', W', C) of src.dtype, (x_offset, y_offset, W', H'))
+    (array of src's type (H', W', C) and dtype, (x_offset, y_offset, W', H'))
         Offsets and sizes in pixels (ints).
     """
     h, w, c = src.shape
@@ -275,6 +280,11 @@ def random_expand(src, max_ratio=4, fill=0):
     oh, ow = int(h * ratio), int(w * ratio)
     off_y = random.randint(0, oh - h)
     off_x = random.randint(0, ow - w)
+    if isinstance(src, np.ndarray):
+        colour = np.broadcast_to(np.asarray(fill).astype(src.dtype), (c,))
+        dst = cv2.copyMakeBorder(src, off_y, oh - h - off_y, off_x, ow - w - off_x,
+                                 cv2.BORDER_CONSTANT, value=[float(v) for v in colour])
+        return dst.reshape(oh, ow, c), (off_x, off_y, ow, oh)
     if isinstance(fill, (int, float, np.number)):
         dst = mx.nd.full(shape=(oh, ow, c), val=fill, dtype=src.dtype, ctx=src.context)
     else:
@@ -302,11 +312,11 @@ def random_flip_x(src, px=0.5):
 
     Parameters
     ----------
-    src : mx.nd.NDArray (H, W, C)
+    src : mx.nd.NDArray or np.ndarray (H, W, C)
 
     Returns
     -------
-    (mx.nd.NDArray (H, W, C), bool)
+    (array of src's type (H, W, C), bool)
         The image (flipped along W or ``src`` itself) and whether it was flipped.
     """
     if not 0 <= px <= 1:
@@ -314,5 +324,87 @@ def random_flip_x(src, px=0.5):
     np.random.random_sample()  # the vertical-flip draw (py = 0: never flips)
     flip = bool(np.random.random_sample() >= _choice_threshold(px))
     if flip:
-        src = mx.nd.flip(src, axis=1)
+        src = src[:, ::-1] if isinstance(src, np.ndarray) else mx.nd.flip(src, axis=1)
     return src, flip
+
+
+# YIQ <-> RGB (NTSC): hue is an angle in the I-Q chroma plane, Y the luma kept by the rotation.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.321],
+                        [0.211, -0.523, 0.311]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+_LUMA = _RGB_TO_YIQ[0]
+
+
+def _hue_turn(degrees):
+    """``(3, 3)`` RGB map turning the chroma (I, Q) by ``degrees`` about the luma axis."""
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    rotate = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return _YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ
+
+
+def photometric_matrix(brightness_delta=32, contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                       hue_degrees=18):
+    """Draw the SSD paper's photometric distortion as one affine colour map ``rgb -> M @ rgb + b``
+    (``M (3, 3)``, ``b (3,)`` float64, 0-255 pixel scale).
+
+    The steps and their probabilities are the Caffe SSD's (and GluonCV's): with p=0.5 each,
+    a brightness shift in ``[-brightness_delta, brightness_delta]``, then in a random one of two
+    orders (contrast, saturation, hue) or (saturation, hue, contrast): contrast scales by a
+    factor in ``contrast``, saturation blends with the luma by a factor in ``saturation``, hue
+    rotates the chroma by an angle in ``[-hue_degrees, hue_degrees]`` degrees. GluonCV draws the
+    same angle but multiplies it by pi, so its "18" turns the hue by any angle (a red object
+    comes out green or blue in about half the images); here it is degrees, as in the paper.
+
+    All steps are linear, so they compose into one map, applied once (:func:`apply_photometric`).
+    The draws are GluonCV's, in its order: legacy ``numpy.random``, and Python ``random`` for the
+    hue angle (the loader seeds both per item).
+    """
+    m, b = np.eye(3), np.zeros(3)
+
+    def maybe(p=0.5):
+        return np.random.uniform(0, 1) > p
+
+    if maybe():
+        b = b + np.random.uniform(-brightness_delta, brightness_delta)
+
+    def contrast_step(m, b):
+        if maybe():
+            alpha = np.random.uniform(*contrast)
+            return alpha * m, alpha * b
+        return m, b
+
+    def saturation_step(m, b):
+        if maybe():
+            alpha = np.random.uniform(*saturation)
+            blend = alpha * np.eye(3) + (1 - alpha) * np.outer(np.ones(3), _LUMA)
+            return blend @ m, blend @ b
+        return m, b
+
+    def hue_step(m, b):
+        if maybe():
+            turn = _hue_turn(random.uniform(-hue_degrees, hue_degrees))   # GluonCV draws it here
+            return turn @ m, turn @ b
+        return m, b
+
+    steps = ((contrast_step, saturation_step, hue_step) if np.random.randint(0, 2)
+             else (saturation_step, hue_step, contrast_step))
+    for step in steps:
+        m, b = step(m, b)
+    return m, b
+
+
+def apply_photometric(img, matrix, offset, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3):
+    """``img (H, W, 3)`` uint8 or float numpy RGB -> float32 ``(H, W, 3)``: ``matrix @ rgb +
+    offset`` clipped to ``[0, 255]`` (a camera's range: the paper's Caffe works on 8-bit images),
+    then normalised ``(x / 255 - mean) / std`` (the defaults leave it on the 0-255 scale). One
+    OpenCV pass for the colour map and the normalisation, one clip."""
+    scale = 1.0 / (255.0 * np.asarray(std, np.float64))
+    shift = 255.0 * np.asarray(mean, np.float64)
+    affine = np.concatenate([scale[:, None] * matrix,
+                             (scale * (np.asarray(offset, np.float64) - shift))[:, None]], axis=1)
+    # float32 in: OpenCV keeps the input's depth (uint8 would saturate before the clip)
+    out = cv2.transform(np.ascontiguousarray(img, dtype=np.float32), affine.astype(np.float32))
+    low, high = (-shift * scale).astype(np.float32), ((255.0 - shift) * scale).astype(np.float32)
+    np.maximum(out, low, out=out)
+    return np.minimum(out, high, out=out)

@@ -3,8 +3,10 @@
 Built on GluonCV's transform functions (``gluoncv.data.transforms.{image,bbox,experimental}``),
 called in the same order and with the same random draws as GluonCV's ``SSDDefaultTrainTransform``
 / ``SSDDefaultValTransform``, so with equal seeds (``random``, ``numpy.random``) the outputs are
-identical.
+identical. ``SSDTrainTransform(photometric='paper' | 'none')`` is the exception: the same
+geometric steps, the SSD paper's colour distortion (or none), in numpy on the uint8 image.
 """
+import cv2
 import mxnet as mx
 import numpy as np
 from gluoncv.data import batchify as gcv_batchify
@@ -17,6 +19,12 @@ from gluon_ssd.model.backbones import IMAGENET_MEAN, IMAGENET_STD  # the one def
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSDTrainTransform", "SSDValTransform", "PadLabels",
            "batchify_fn", "detection_batchify", "target_batchify_fn"]
+
+#: ``SSDTrainTransform(photometric=...)``: ``'gluoncv'`` GluonCV's colour distortion (its hue
+#: turns by any angle), ``'paper'`` the SSD paper's (hue within +-18 degrees;
+#: :func:`gluon_ssd.data.augment.photometric_matrix`), ``'none'`` no colour change.
+PHOTOMETRIC = ('gluoncv', 'paper', 'none')
+
 
 def _as_label(label):
     label = np.asarray(label, dtype=np.float32)
@@ -64,6 +72,12 @@ class SSDTrainTransform:
     min_box_size : float
         Boxes whose width or height at network size is ``<= min_box_size`` px are dropped
         (default 0: only degenerate ones, identical to GluonCV).
+    photometric : str
+        One of :data:`PHOTOMETRIC`. ``'gluoncv'`` (default): GluonCV's steps, draws and pixels
+        exactly. ``'paper'``: the SSD paper's colour distortion (hue within +-18 degrees,
+        :func:`gluon_ssd.data.augment.photometric_matrix`) applied to the network-size image
+        after the geometric steps, the whole chain in numpy/OpenCV on the uint8 image (the
+        same geometric draws as ``'gluoncv'``); ``'none'``: the same without colour changes.
 
     Call
     ----
@@ -74,7 +88,11 @@ class SSDTrainTransform:
     """
 
     def __init__(self, width, height, anchors=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 iou_thresh=0.5, box_norm=(0.1, 0.1, 0.2, 0.2), max_expand=4, min_box_size=0.0):
+                 iou_thresh=0.5, box_norm=(0.1, 0.1, 0.2, 0.2), max_expand=4, min_box_size=0.0,
+                 photometric='gluoncv'):
+        if photometric not in PHOTOMETRIC:
+            raise ValueError(f"photometric={photometric!r}: expected one of {PHOTOMETRIC}")
+        self._photometric = photometric
         self._width, self._height = int(width), int(height)
         self._anchors = anchors
         self._mean, self._std = tuple(mean), tuple(std)
@@ -102,6 +120,8 @@ class SSDTrainTransform:
     def __call__(self, src, label):
         """Augment one sample; see the class docstring for shapes."""
         label = _as_label(label)
+        if self._photometric != 'gluoncv':
+            return self._finish(*self._augment_np(src, label), label.shape[1])
         img = experimental.image.random_color_distort(src)
         if np.random.uniform(0, 1) > 0.5 and self._max_expand > 1:
             img, expand = augment.random_expand(img, max_ratio=self._max_expand,
@@ -118,8 +138,37 @@ class SSDTrainTransform:
         bbox = tbbox.resize(bbox, (w, h), (self._width, self._height))
         img, flip_x = augment.random_flip_x(img, px=0.5)
         bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
-        img = _normalize(img, self._mean, self._std)
-        bbox = _drop_degenerate(np.asarray(bbox, np.float32).reshape(-1, label.shape[1]),
+        return self._finish(_normalize(img, self._mean, self._std), bbox, label.shape[1])
+
+    def _augment_np(self, src, label):
+        """The same geometric steps and draws on the uint8 numpy image, then the colour
+        distortion of the network-size image (every colour step is linear per pixel, so it
+        commutes with the crop and the linear resize interpolations; GluonCV distorts the
+        full-size float image first). Returns ``(img (3, S, S) NDArray, boxes)``."""
+        img = src.asnumpy() if isinstance(src, mx.nd.NDArray) else np.asarray(src)
+        if np.random.uniform(0, 1) > 0.5 and self._max_expand > 1:
+            img, expand = augment.random_expand(img, max_ratio=self._max_expand,
+                                                fill=[m * 255 for m in self._mean])
+            bbox = tbbox.translate(label, x_offset=expand[0], y_offset=expand[1])
+        else:
+            bbox = label
+        h, w, _ = img.shape
+        bbox, (x0, y0, cw, ch) = augment.random_crop_with_constraints(bbox, (w, h))
+        img = img[y0:y0 + ch, x0:x0 + cw]
+        # interpolation codes 0-4 are OpenCV's (nearest, linear, cubic, area, lanczos), as in
+        # mx.image.imresize
+        img = cv2.resize(img, (self._width, self._height),
+                         interpolation=int(np.random.randint(0, 5)))
+        bbox = tbbox.resize(bbox, (cw, ch), (self._width, self._height))
+        img, flip_x = augment.random_flip_x(img, px=0.5)
+        bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
+        colour = augment.photometric_matrix() if self._photometric == 'paper' else \
+            (np.eye(3), np.zeros(3))
+        img = augment.apply_photometric(img, *colour, mean=self._mean, std=self._std)
+        return mx.nd.array(img.transpose(2, 0, 1)), bbox
+
+    def _finish(self, img, bbox, columns):
+        bbox = _drop_degenerate(np.asarray(bbox, np.float32).reshape(-1, columns),
                                 self._min_box_size)
         if self._anchors is None:
             return img, bbox.astype(np.float32)
