@@ -186,6 +186,34 @@ def test_skipped_training_item_replaced_deterministically(tmp_path):
     assert any(not np.array_equal(x, data.asnumpy()) for x in other_epoch)  # varies per epoch
 
 
+def test_training_items_decode_each_clean_image_once_within_the_budget(tmp_path, monkeypatch):
+    """A loader process keeps the decoded images it loaded (up to DECODED_CACHE_BYTES): later
+    epochs augment the kept pixels, with the same result; a repaired image (an event to count)
+    is loaded again every time."""
+    from gluon_ssd.data import build
+    root = _voc(tmp_path, 6)
+    ds = VOCDetection(root, ["train"])
+    calls = []
+    real_load = ds.load
+
+    def counting_load(i):
+        calls.append(i)
+        img, label, events = real_load(i)
+        return img, label, (("repaired", "im5.jpg: test") ,) if i == 5 else events
+
+    monkeypatch.setattr(ds, "load", counting_load)
+    one = int(np.prod(real_load(0)[0].shape))            # bytes of one decoded image
+    monkeypatch.setattr(build, "DECODED_CACHE_BYTES", 3 * one)
+    items = SeededItems(ds, _identity, seed=5, max_objects=4)
+    n = len(items)
+    first = [items[i] for i in range(n)]
+    second = [items[n + i] for i in range(n)]            # the next epoch
+    assert sorted(calls) == [0, 1, 2, 3, 3, 4, 4, 5, 5]  # 3 kept; im5 repaired: never kept
+    assert second[5].events == (("repaired", "im5.jpg: test"),)
+    for a, b in zip(first, second):                      # _identity: same pixels either way
+        np.testing.assert_array_equal(a[0].asnumpy(), b[0].asnumpy())
+
+
 def test_every_training_image_unreadable_is_one_user_error(tmp_path):
     """Nothing to train on: the item is a stand-in with a fatal event (never an exception in a
     worker process), raised by LoadProblems in the main process, strict or not."""
@@ -197,6 +225,34 @@ def test_every_training_image_unreadable_is_one_user_error(tmp_path):
     assert item[1].shape == (4, 6) and item.events[0][0] == "fatal"
     with pytest.raises(DatasetError, match="im1.jpg: empty image file.*unreadable too"):
         LoadProblems().add(Batch(item, [item.events]))
+
+
+def _process_facts(img, label):
+    """A transform reporting the process it runs in: ``(1, 1, 3)`` pid, niceness and an
+    OpenCV resize's checksum (as the image) and the label."""
+    import cv2
+    small = cv2.resize(img.asnumpy(), (7, 5), interpolation=cv2.INTER_CUBIC)
+    return mx.nd.array([[[os.getpid(), os.nice(0), int(small.sum())]]]), label
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_workers_yield_the_cores_to_the_training_step(tmp_path, workers):
+    """Forked loader workers run at the lowest priority (they fill the training step's idle
+    time); the training process itself (-j 0) is left as it is. OpenCV still works in a worker
+    forked after the parent ran OpenCV's thread pool (cv2.setNumThreads there would hang)."""
+    import cv2
+    busy = np.random.RandomState(0).rand(600, 600, 3).astype(np.float32)
+    cv2.resize(busy, (300, 300), interpolation=cv2.INTER_CUBIC)   # the parent's pool runs
+    ds = VOCDetection(_voc(tmp_path, 4), ["train"])
+    loader, sampler = train_loader(ds, _process_facts, batch_size=2, seed=1, max_objects=4,
+                                   num_workers=workers)
+    sampler.set_epoch(0)
+    facts = np.concatenate([batch[0].asnumpy().reshape(-1, 3) for batch in loader])
+    assert (facts[:, 2] > 0).all()
+    if workers:
+        assert (facts[:, 0] != os.getpid()).all() and (facts[:, 1] == 19).all()
+    else:
+        assert (facts[:, 0] == os.getpid()).all() and (facts[:, 1] == os.nice(0)).all()
 
 
 @pytest.mark.parametrize("workers", [0, 2])
