@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# One OpenMP thread for the tests and every train_ssd.py they start (before MXNet is imported):
+# results depend on the thread count, and the resume tests compare a subprocess run with an
+# in-process one bit for bit (train_ssd.py would otherwise use every core: use_every_core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GLUON_SSD_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -88,6 +88,27 @@ def test_configuration_errors_exit_2_with_one_line(argv, needle, tmp_path, capsy
     assert not (tmp_path / 'r').exists()
 
 
+def test_cpu_training_computes_on_every_core_unless_told_otherwise():
+    """MXNet keeps a core for its engine by default (one OpenMP thread on 2 cores): a CPU run
+    of train_ssd.py asks for one thread per core; an explicit OMP_NUM_THREADS, GPUs, Horovod,
+    a parameter-server run and an already imported MXNet keep their setting."""
+    use_every_core = _load_script().use_every_core
+    cores = str(len(os.sched_getaffinity(0)))
+    env = {}
+    use_every_core([], env, {})
+    assert env == {'OMP_NUM_THREADS': cores}
+    env = {}
+    use_every_core(['--gpus', ''], env, {})
+    assert env == {'OMP_NUM_THREADS': cores}               # an empty --gpus is the CPU
+    for args, environ, modules in ((['--gpus', '0'], {}, {}), (['--gpus=0,1'], {}, {}),
+                                   (['--horovod'], {}, {}), (['--kvstore', 'dist_sync'], {}, {}),
+                                   ([], {'DMLC_ROLE': 'worker'}, {}),
+                                   ([], {'OMP_NUM_THREADS': '1'}, {}), ([], {}, {'mxnet': None})):
+        before = dict(environ)
+        use_every_core(args, environ, modules)
+        assert environ == before, args
+
+
 @pytest.mark.slow
 def test_cli_subprocess_configuration_error(tmp_path):
     proc = subprocess.run([sys.executable, SCRIPT, '--network', 'resnet9000', '--out-dir',
@@ -204,13 +225,14 @@ def test_resume_refuses_a_flag_that_contradicts_the_run(baseline, flag, value):
 
 
 @pytest.mark.slow
-def test_resume_of_a_run_saved_before_iou_thresh_keeps_gluoncvs_matching(baseline, tmp_path):
+def test_resume_of_a_run_saved_before_iou_thresh_keeps_gluoncvs_matching_and_colours(baseline, tmp_path):
     run = tmp_path / 'old'
     shutil.copytree(baseline['out'], run)
     saved = json.loads((run / 'config.json').read_text())
-    del saved['iou_thresh']
+    del saved['iou_thresh'], saved['photometric'], saved['validations']
     (run / 'config.json').write_text(json.dumps(saved))
-    assert parse_config(['--resume', str(run)]).iou_thresh == 0.5
+    cfg = parse_config(['--resume', str(run)])
+    assert (cfg.iou_thresh, cfg.photometric) == (0.5, 'gluoncv')
 
 
 @pytest.mark.slow
