@@ -208,7 +208,7 @@ def build_transforms(cfg):
     meta = make_meta(run_model_name(cfg), [])
     size = meta['data_shape']
     train_tf = SSDTrainTransform(size, size, mean=tuple(meta['mean']), std=tuple(meta['std']),
-                                 max_expand=cfg.max_expand)
+                                 max_expand=cfg.max_expand, photometric=cfg.photometric)
     return train_tf, input_transform(meta)
 
 
@@ -233,13 +233,18 @@ def schedule_epochs(cfg, batches_per_epoch):
     ``batches_per_epoch``: optimizer steps per epoch of this run (``len`` of the training
     sampler: ``floor(training images / batch)``, the last partial batch is dropped; per worker when
     distributed). Epochs ``= ceil(steps / batches_per_epoch)``, so a small dataset gets more epochs
-    and a large one fewer for the same number of updates. Returns ``True`` when it set
-    ``cfg.epochs``, ``False`` when the run already had them.
+    and a large one fewer for the same number of updates. A recipe with ``validations`` and no
+    ``--val-interval`` validates every ``ceil(epochs / validations)`` epochs (and after the last).
+    Returns ``True`` when it set ``cfg.epochs``, ``False`` when the run already had them.
     """
-    if cfg.epochs is not None:
-        return False
-    cfg.epochs = math.ceil(cfg.steps / max(batches_per_epoch, 1))
-    return True
+    scheduled = cfg.epochs is None
+    if scheduled:
+        cfg.epochs = math.ceil(cfg.steps / max(batches_per_epoch, 1))
+    if cfg.val_interval is None:
+        # a validation costs about a tenth of an epoch of 1000 images; every epoch of a short
+        # run (or of a small dataset's many epochs) adds up: validate ``validations`` times
+        cfg.val_interval = max(1, math.ceil(cfg.epochs / cfg.validations))
+    return scheduled
 
 
 def running_stats_momentum(longest, total_steps):

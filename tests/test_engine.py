@@ -1,6 +1,7 @@
 """Unit tests of the training engine: fused graph, multi-device normalisation, data determinism,
 learning-rate schedule, checkpoints and configuration checks."""
 import json
+import math
 import os
 
 import mxnet as mx
@@ -218,7 +219,7 @@ def test_bad_configuration_messages(argv, flag):
 def test_defaults_come_from_network_preset():
     cfg = parse_config(['--out-dir', 'x'])     # no --network: the from-scratch SSD and recipe
     assert (cfg.network, cfg.data_shape, cfg.dataset) == ('scratch_ssd', 192, 'synthetic')
-    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.steps) == ('scratch_ssd_192', 'adam', 0.006,
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.steps) == ('scratch_ssd_192', 'adam', 0.01,
                                                              1040)
     tiny = parse_config(['--network', 'tiny_ssd', '--out-dir', 'x'])
     assert (tiny.model, tiny.epochs) == ('tiny_ssd_128', 16)
@@ -345,6 +346,44 @@ def test_a_recipe_in_steps_sets_epochs_from_the_batches_per_epoch():
     assert scaled_steps(1040, 'scratch_ssd', 192) == 1040
     default = parse_config(['--network', 'tiny_ssd', '--out-dir', 'x'])   # epochs, no steps
     assert (default.epochs, default.steps) == (16, None)
+
+
+def test_a_recipe_with_validations_spreads_them_over_the_run():
+    """scratch_ssd validates ``validations`` times (the last epoch always); --val-interval wins,
+    and the other recipes validate every epoch."""
+    from gluon_ssd.config import NETWORK_PRESETS
+    count = NETWORK_PRESETS['scratch_ssd']['validations']
+    synthetic = parse_config(['--out-dir', 'x'])
+    assert synthetic.val_interval is None and synthetic.validations == count
+    engine.schedule_epochs(synthetic, 1000 // 16)
+    assert synthetic.val_interval == math.ceil(17 / count)
+    raccoon = parse_config(['--out-dir', 'x'])
+    engine.schedule_epochs(raccoon, 160 // 16)
+    assert raccoon.val_interval == math.ceil(104 / count)
+    short = parse_config(['--epochs', '2', '--out-dir', 'x'])
+    engine.schedule_epochs(short, 62)
+    assert short.val_interval == 1
+    explicit = parse_config(['--val-interval', '1', '--out-dir', 'x'])
+    engine.schedule_epochs(explicit, 10)
+    assert explicit.val_interval == 1
+    for network in ('tiny_ssd', 'vgg16_atrous'):
+        other = parse_config(['--network', network, '--out-dir', 'x'])
+        assert (other.val_interval, other.validations) == (1, None)
+    with pytest.raises(UserError, match='--val-interval'):
+        parse_config(['--val-interval', '0', '--out-dir', 'x'])
+
+
+def test_colour_distortion_is_recipe_data_and_reaches_the_transform():
+    """scratch_ssd distorts colours as the SSD paper (hue within 18 degrees); GluonCV's recipes
+    and d2l's TinySSD keep GluonCV's exact augmentation; --photometric overrides."""
+    assert parse_config(['--out-dir', 'x']).photometric == 'paper'
+    for network in ('tiny_ssd', 'vgg16_atrous'):
+        assert parse_config(['--network', network, '--out-dir', 'x']).photometric == 'gluoncv'
+    cfg = parse_config(['--photometric', 'none', '--out-dir', 'x'])
+    train_tf, _ = engine.build_transforms(cfg)
+    assert train_tf._photometric == 'none'     # pylint: disable=protected-access
+    with pytest.raises(SystemExit):             # argparse: one line naming the choices
+        parse_config(['--photometric', 'hsv', '--out-dir', 'x'])
 
 
 def test_a_run_records_the_epochs_of_its_steps(tmp_path):
