@@ -61,9 +61,11 @@ def run_one(recipe, dataset, seed, out_dir, shared, threads, extra=()):
     if proc.returncode != 0:
         raise RuntimeError(f'{recipe} on {dataset}, seed {seed}: exit {proc.returncode}; see {log}')
     records = [json.loads(line) for line in open(os.path.join(run_dir, 'metrics.jsonl'))]
-    maps = [r['map'] for r in records if r.get('map') is not None]
+    validated = [r for r in records if r.get('map') is not None]   # not every epoch validates
+    best = max(validated, key=lambda r: r['map'])
     return {'recipe': recipe, 'dataset': dataset, 'seed': seed, 'epochs': len(records),
-            'final_map': maps[-1], 'best_map': max(maps), 'best_epoch': maps.index(max(maps)),
+            'final_map': validated[-1]['map'], 'best_map': best['map'],
+            'best_epoch': best['epoch'],
             'cpu_s': round(usage.ru_utime + usage.ru_stime, 1),
             'wall_s': round(time.time() - tic, 1), 'command': ' '.join(cmd[1:])}
 
