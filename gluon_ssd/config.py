@@ -450,8 +450,7 @@ def validate(cfg):
                         "(it trains from scratch)")
     # the length: --epochs, or a recipe's steps that the engine turns into epochs
     length = ('epochs',) if cfg.epochs is not None or cfg.steps is None else ('steps',)
-    interval = ('val_interval',) if cfg.val_interval is not None or cfg.validations is None \
-        else ('validations',)
+    interval = ('val_interval',) if cfg.val_interval is not None else ('validations',)
     for name in length + interval + ('batch_size', 'lr', 'log_interval', 'save_interval',
                                      'cpu_contexts', 'lr_decay'):
         _check_number(cfg, name)

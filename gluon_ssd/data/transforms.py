@@ -120,32 +120,24 @@ class SSDTrainTransform:
     def __call__(self, src, label):
         """Augment one sample; see the class docstring for shapes."""
         label = _as_label(label)
-        if self._photometric != 'gluoncv':
-            return self._finish(*self._augment_np(src, label), label.shape[1])
-        img = experimental.image.random_color_distort(src)
-        if np.random.uniform(0, 1) > 0.5 and self._max_expand > 1:
-            img, expand = augment.random_expand(img, max_ratio=self._max_expand,
-                                                fill=[m * 255 for m in self._mean])
-            bbox = tbbox.translate(label, x_offset=expand[0], y_offset=expand[1])
-        else:
-            bbox = label
-        h, w, _ = img.shape
-        bbox, crop = augment.random_crop_with_constraints(bbox, (w, h))
-        x0, y0, cw, ch = crop
-        img = mx.image.fixed_crop(img, x0, y0, cw, ch)
-        h, w, _ = img.shape
-        img = timage.imresize(img, self._width, self._height, interp=np.random.randint(0, 5))
-        bbox = tbbox.resize(bbox, (w, h), (self._width, self._height))
-        img, flip_x = augment.random_flip_x(img, px=0.5)
-        bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
-        return self._finish(_normalize(img, self._mean, self._std), bbox, label.shape[1])
-
-    def _augment_np(self, src, label):
-        """The same geometric steps and draws on the uint8 numpy image, then the colour
-        distortion of the network-size image (every colour step is linear per pixel, so it
-        commutes with the crop and the linear resize interpolations; GluonCV distorts the
-        full-size float image first). Returns ``(img (3, S, S) NDArray, boxes)``."""
+        if self._photometric == 'gluoncv':
+            img, bbox = self._geometry(experimental.image.random_color_distort(src), label)
+            return self._finish(_normalize(img, self._mean, self._std), bbox, label.shape[1])
+        # the other modes: the same geometric steps and draws on the uint8 numpy image, then the
+        # colour distortion of the network-size image (every colour step is linear per pixel, so
+        # it commutes with the crop and the linear resize interpolations; GluonCV distorts the
+        # full-size float image first)
         img = src.asnumpy() if isinstance(src, mx.nd.NDArray) else np.asarray(src)
+        img, bbox = self._geometry(img, label)
+        colour = augment.photometric_matrix() if self._photometric == 'paper' else \
+            (np.eye(3), np.zeros(3))
+        img = augment.apply_photometric(img, *colour, mean=self._mean, std=self._std)
+        return self._finish(mx.nd.array(img.transpose(2, 0, 1)), bbox, label.shape[1])
+
+    def _geometry(self, img, label):
+        """Zoom out, crop, resize, flip: ``(img (H, W, 3), label) -> (img (height, width, 3),
+        boxes)``, with GluonCV's functions on an NDArray or OpenCV on a numpy image (the same
+        random draws either way)."""
         if np.random.uniform(0, 1) > 0.5 and self._max_expand > 1:
             img, expand = augment.random_expand(img, max_ratio=self._max_expand,
                                                 fill=[m * 255 for m in self._mean])
@@ -154,18 +146,18 @@ class SSDTrainTransform:
             bbox = label
         h, w, _ = img.shape
         bbox, (x0, y0, cw, ch) = augment.random_crop_with_constraints(bbox, (w, h))
-        img = img[y0:y0 + ch, x0:x0 + cw]
         # interpolation codes 0-4 are OpenCV's (nearest, linear, cubic, area, lanczos), as in
         # mx.image.imresize
-        img = cv2.resize(img, (self._width, self._height),
-                         interpolation=int(np.random.randint(0, 5)))
+        interp = np.random.randint(0, 5)
+        if isinstance(img, np.ndarray):
+            img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (self._width, self._height),
+                             interpolation=int(interp))
+        else:
+            img = timage.imresize(mx.image.fixed_crop(img, x0, y0, cw, ch), self._width,
+                                  self._height, interp=interp)
         bbox = tbbox.resize(bbox, (cw, ch), (self._width, self._height))
         img, flip_x = augment.random_flip_x(img, px=0.5)
-        bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
-        colour = augment.photometric_matrix() if self._photometric == 'paper' else \
-            (np.eye(3), np.zeros(3))
-        img = augment.apply_photometric(img, *colour, mean=self._mean, std=self._std)
-        return mx.nd.array(img.transpose(2, 0, 1)), bbox
+        return img, tbbox.flip(bbox, (self._width, self._height), flip_x=flip_x)
 
     def _finish(self, img, bbox, columns):
         bbox = _drop_degenerate(np.asarray(bbox, np.float32).reshape(-1, columns),
